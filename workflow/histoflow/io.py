@@ -1,0 +1,150 @@
+"""Reading and writing images, label maps and JSON, with atomic writes and clear errors.
+
+Every writer goes through :func:`atomic_path`: the file is written under a temporary name in the
+same folder and moved into place with :func:`os.replace`, so an interrupted job never leaves a
+half-written file that Snakemake (or a human) could mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import imageio.v3 as iio
+import numpy as np
+import tifffile
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class InputError(ValueError):
+    """Bad input data: the message names the file and says how to fix it."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it onto ``path`` atomically.
+
+    On an exception the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file as an array; raises :class:`InputError` naming the file on failure.
+
+    Returns
+    -------
+    np.ndarray
+        ``(H, W)`` or ``(H, W, C)`` in the file's own dtype.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found. Check the 'images'/'masks' paths in config.yaml.")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            arr = tifffile.imread(path)
+        else:
+            arr = iio.imread(path)
+    except Exception as exc:  # noqa: BLE001 - any decoder error becomes a clear input error
+        raise InputError(
+            f"{path}: cannot be read as an image ({exc}). Re-export it as PNG or TIFF, or remove it "
+            "from the dataset folder."
+        ) from exc
+    return np.asarray(arr)
+
+
+def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image and convert it to ``uint8`` RGB ``(H, W, 3)`` (grey, RGBA, 16-bit handled)."""
+    from .stain import to_rgb_uint8
+
+    return to_rgb_uint8(read_image(path), name=str(path))
+
+
+def read_labels(path: str | os.PathLike[str], mask_type: str = "instance") -> np.ndarray:
+    """Read a ground-truth file as an instance label map ``int32 (H, W)`` (0 = background).
+
+    ``mask_type="instance"``: pixel values are object ids. ``"binary"``: any non-zero value is
+    foreground and objects are the 8-connected components.
+    """
+    from skimage.measure import label as cc_label
+
+    arr = read_image(path)
+    if arr.ndim == 3:
+        if arr.shape[2] in (3, 4) and np.all(arr[..., :3] == arr[..., :1]):
+            arr = arr[..., 0]
+        else:
+            raise InputError(
+                f"{path}: a label/mask image must be single-channel (got shape {arr.shape}). "
+                "Save masks as greyscale PNG/TIFF with 0 = background."
+            )
+    if arr.ndim != 2:
+        raise InputError(f"{path}: expected a 2-D label image, got shape {arr.shape}.")
+    if mask_type == "binary":
+        return cc_label(arr > 0, connectivity=2).astype(np.int32)
+    if mask_type != "instance":
+        raise ValueError(f"mask_type must be 'instance' or 'binary', got {mask_type!r}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(arr == np.round(arr)):
+        raise InputError(f"{path}: instance labels must be integers, got non-integer floats.")
+    if arr.min() < 0:
+        raise InputError(f"{path}: instance labels must be >= 0 (0 = background).")
+    return arr.astype(np.int32)
+
+
+def write_image(path: str | os.PathLike[str], array: np.ndarray) -> None:
+    """Write an image atomically; ``.tif``/``.tiff`` via tifffile (compressed), others via imageio."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            tifffile.imwrite(tmp, array, compression="zlib")
+        else:
+            iio.imwrite(tmp, array, extension=path.suffix)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write JSON atomically (indented, NumPy scalars converted)."""
+
+    def default(o: Any) -> Any:
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=default) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def list_stems(folder: str | os.PathLike[str], suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> dict[str, Path]:
+    """Map file stem → path for the image files directly inside ``folder`` (sorted by stem)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: folder not found. Set the dataset's 'images'/'masks' in config.yaml.")
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."):
+            if p.stem in found:
+                raise InputError(f"{folder}: two files share the stem {p.stem!r} ({found[p.stem].name}, {p.name}).")
+            found[p.stem] = p
+    return found
