@@ -1,0 +1,216 @@
+"""Training targets derived from instance labels, and the HDF5 patch store.
+
+Targets (all ``(H, W)`` arrays computed from an ``int`` instance label map, 0 = background):
+
+- :func:`boundary_map` – pixels on or next to an object border (``uint8`` 0/1);
+- :func:`unet_weight_map` – Ronneberger et al.'s per-pixel loss weight: class balance plus a term
+  ``w0 * exp(-(d1 + d2)^2 / (2 sigma^2))`` that makes the thin background between touching objects
+  expensive to get wrong;
+
+and the patch store (:func:`write_patch_store` / :class:`PatchDataset`): one HDF5 file with groups
+``train`` and ``val``, each holding chunked, compressed datasets ``images (N, P, P, 3) uint8``,
+``masks``/``boundaries (N, P, P) uint8``, ``labels (N, P, P) int32``, ``weights (N, P, P) float32``
+and the provenance of each patch (``stems``, ``origins``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries
+
+from .io import atomic_path
+from .tiling import tile_starts
+
+FIELDS = ("images", "masks", "labels", "boundaries", "weights")
+
+
+def boundary_map(labels: np.ndarray, width: int = 1) -> np.ndarray:
+    """Object borders of an instance map: ``uint8 (H, W)``, 1 on the border pixels of every object
+    (both sides of a contact between two objects, and the object side of an object/background edge),
+    dilated to ``width`` pixels."""
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
+    b = find_boundaries(labels, connectivity=1, mode="inner")
+    if width > 1:
+        b = ndi.binary_dilation(b, iterations=width - 1) & (labels > 0)
+    return b.astype(np.uint8)
+
+
+def unet_weight_map(
+    labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, class_balance: bool = True
+) -> np.ndarray:
+    """Ronneberger U-Net loss weights ``float32 (H, W)``.
+
+    ``w = w_c + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))`` on background pixels, where ``d1``/``d2`` are
+    the distances to the nearest and second-nearest object, and ``w = w_c`` on objects. ``w_c`` is
+    ``N / (2 N_class)`` (clipped to [0.1, 10]) with ``class_balance``, else 1. Distances are computed
+    per object inside its bounding box grown by ``4 sigma`` (beyond that the term is < e^-8·w0), so the
+    cost scales with object count × object size, not object count × image size.
+    """
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
+    fg = labels > 0
+    w = np.ones(labels.shape, np.float32)
+    if class_balance and 0 < fg.sum() < fg.size:
+        n = fg.size
+        w[fg] = np.clip(n / (2.0 * fg.sum()), 0.1, 10.0)
+        w[~fg] = np.clip(n / (2.0 * (~fg).sum()), 0.1, 10.0)
+    if w0 <= 0:
+        return w
+    reach = int(np.ceil(4 * sigma))
+    d1 = np.full(labels.shape, np.inf, np.float32)
+    d2 = np.full(labels.shape, np.inf, np.float32)
+    for k, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        ys = slice(max(sl[0].start - reach, 0), min(sl[0].stop + reach, labels.shape[0]))
+        xs = slice(max(sl[1].start - reach, 0), min(sl[1].stop + reach, labels.shape[1]))
+        d = ndi.distance_transform_edt(labels[ys, xs] != k).astype(np.float32)
+        a, b = d1[ys, xs], d2[ys, xs]
+        d2[ys, xs] = np.where(d < a, a, np.minimum(b, d))
+        d1[ys, xs] = np.minimum(a, d)
+    border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
+    border[~np.isfinite(border)] = 0
+    w[~fg] += border[~fg]
+    return w
+
+
+@dataclass
+class Patch:
+    """One training patch; arrays are ``(P, P[, 3])`` and ``origin`` its top-left (y, x) in the image."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    boundaries: np.ndarray
+    weights: np.ndarray
+    stem: str
+    origin: tuple[int, int]
+
+    @property
+    def mask(self) -> np.ndarray:
+        return (self.labels > 0).astype(np.uint8)
+
+
+def pad_to(image: np.ndarray, labels: np.ndarray, weights: np.ndarray, size: int):
+    """Pad image (reflect) and labels/weights (0, i.e. ignored by the loss) up to ``size`` on each side."""
+    ph, pw = max(size - image.shape[0], 0), max(size - image.shape[1], 0)
+    if not (ph or pw):
+        return image, labels, weights
+    mode = "reflect" if ph < image.shape[0] and pw < image.shape[1] else "edge"
+    image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode)
+    labels = np.pad(labels, ((0, ph), (0, pw)))
+    weights = np.pad(weights, ((0, ph), (0, pw)))
+    return image, labels, weights
+
+
+def extract_patches(
+    image: np.ndarray,
+    labels: np.ndarray,
+    stem: str,
+    size: int,
+    mode: str = "random",
+    n_random: int = 16,
+    overlap: int = 0,
+    rng: np.random.Generator | None = None,
+    boundary_width: int = 1,
+    weight_w0: float = 10.0,
+    weight_sigma: float = 5.0,
+) -> Iterator[Patch]:
+    """Cut patches (``size`` × ``size``) with all their targets from one image.
+
+    ``mode="random"``: ``n_random`` uniformly random crops; ``"grid"``: an evenly spaced grid covering
+    the image with at least ``overlap`` pixels overlap (see :func:`histoflow.tiling.tile_starts`).
+    Targets (boundaries, weights) are computed on the whole image first, so they are correct at
+    patch borders.
+    """
+    if image.shape[:2] != labels.shape:
+        raise ValueError(f"{stem}: image {image.shape[:2]} and labels {labels.shape} differ in size")
+    boundaries = boundary_map(labels, boundary_width)
+    weights = unet_weight_map(labels, weight_w0, weight_sigma)
+    image, labels_p, weights = pad_to(image, labels, weights, size)
+    boundaries = np.pad(boundaries, ((0, labels_p.shape[0] - boundaries.shape[0]), (0, labels_p.shape[1] - boundaries.shape[1])))
+    h, w = labels_p.shape
+    if mode == "random":
+        rng = rng if rng is not None else np.random.default_rng(0)
+        origins = [(int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))) for _ in range(n_random)]
+    elif mode == "grid":
+        origins = [(y, x) for y in tile_starts(h, size, overlap) for x in tile_starts(w, size, overlap)]
+    else:
+        raise ValueError(f"patch mode must be 'random' or 'grid', got {mode!r}")
+    for y, x in origins:
+        sl = (slice(y, y + size), slice(x, x + size))
+        yield Patch(image[sl], labels_p[sl], boundaries[sl], weights[sl], stem, (y, x))
+
+
+def split_stems(stems: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded image-level split into (train, val); at least one validation image when there are ≥ 2."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = list(np.random.default_rng(seed).permutation(len(stems)))
+    n_val = int(round(val_fraction * len(stems)))
+    if val_fraction > 0 and len(stems) >= 2:
+        n_val = min(max(n_val, 1), len(stems) - 1)
+    val = sorted(stems[i] for i in order[:n_val])
+    train = sorted(stems[i] for i in order[n_val:])
+    return train, val
+
+
+def write_patch_store(path: str | os.PathLike[str], groups: dict[str, Iterable[Patch]], size: int) -> dict[str, int]:
+    """Stream patches into an HDF5 store (atomically); returns the patch count per group.
+
+    Datasets are chunked one patch per chunk and gzip-compressed; they grow as patches arrive, so
+    memory stays at one patch whatever the dataset size.
+    """
+    counts: dict[str, int] = {}
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["patch_size"] = size
+        for name, patches in groups.items():
+            g = f.create_group(name)
+            shapes = {
+                "images": ((size, size, 3), np.uint8),
+                "masks": ((size, size), np.uint8),
+                "labels": ((size, size), np.int32),
+                "boundaries": ((size, size), np.uint8),
+                "weights": ((size, size), np.float32),
+            }
+            ds = {
+                k: g.create_dataset(
+                    k, shape=(0, *s), maxshape=(None, *s), dtype=dt, chunks=(1, *s), compression="gzip",
+                    compression_opts=4, shuffle=True,
+                )
+                for k, (s, dt) in shapes.items()
+            }
+            stems_ds = g.create_dataset("stems", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype())
+            origins = g.create_dataset("origins", shape=(0, 2), maxshape=(None, 2), dtype=np.int32)
+            n = 0
+            for p in patches:
+                for k, arr in (("images", p.image), ("masks", p.mask), ("labels", p.labels),
+                               ("boundaries", p.boundaries), ("weights", p.weights)):
+                    ds[k].resize(n + 1, axis=0)
+                    ds[k][n] = arr
+                stems_ds.resize(n + 1, axis=0)
+                stems_ds[n] = p.stem
+                origins.resize(n + 1, axis=0)
+                origins[n] = p.origin
+                n += 1
+            counts[name] = n
+    return counts
+
+
+def read_patch_group(path: str | os.PathLike[str], group: str, fields: tuple[str, ...] = FIELDS) -> dict[str, np.ndarray]:
+    """Load a whole group into memory (fine for training sets of a few thousand patches)."""
+    with h5py.File(Path(path), "r") as f:
+        if group not in f:
+            raise KeyError(f"{path}: no group {group!r} (has {list(f)})")
+        g = f[group]
+        out = {k: g[k][...] for k in fields}
+        out["stems"] = np.array([s.decode() if isinstance(s, bytes) else s for s in g["stems"][...]])
+        out["origins"] = g["origins"][...]
+    return out
