@@ -1,0 +1,183 @@
+"""Workflow tests: lint, dry runs, a real run of a tiny config, reruns after config edits, --report.
+
+The real run is marked ``slow`` (about a minute on 2 cores). The rerun tests build on its outputs and
+check that ``snakemake -n`` lists exactly the jobs an edit should trigger.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+TINY = {
+    "results": "results",
+    "device": "cpu",
+    "seed": 0,
+    "demo": {"n_images": 6, "size": 96, "fibre_diameter": 24, "seed": 1},
+    "datasets": {"demo": {"generator": "muscle_fibres", "split": "auto", "test_fraction": 0.34}},
+    "stain": {"method": "macenko"},
+    "patches": {"size": 64, "per_image": 4, "val_fraction": 0.25},
+    "models": {
+        "a": {"arch": "unet", "params": {"base_width": 4, "depth": 2}, "train": {"epochs": 2, "batch_size": 4},
+              "predict": {"tile": 64, "overlap": 16}},
+        "b": {"arch": "unet", "params": {"base_width": 4, "depth": 2}, "train": {"epochs": 1, "batch_size": 4},
+              "predict": {"tile": 64, "overlap": 16}},
+    },
+    "report": {"n_overlays": 1},
+}
+
+
+def smk(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def planned_jobs(output: str) -> set[str]:
+    """``rule[wildcards]`` for every job a dry run lists."""
+    jobs = set()
+    for block in re.split(r"\n(?=\[.*?\]\n)|\n\n", output):
+        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        if not m:
+            continue
+        wc = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        jobs.add(f"{m.group(1)}[{wc.group(1)}]" if wc else m.group(1))
+    return jobs
+
+
+def write_config(workdir: Path, cfg: dict) -> None:
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def tiny_config() -> dict:
+    return yaml.safe_load(yaml.safe_dump(TINY, sort_keys=False))
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "good condition" in proc.stdout + proc.stderr
+
+
+def test_default_config_dry_run(tmp_path):
+    (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
+    jobs = planned_jobs(smk(tmp_path, "-n").stdout)
+    for rule in ("demo_data", "fit_stain", "normalize_stain", "extract_patches", "report"):
+        assert any(j.startswith(rule) for j in jobs), (rule, jobs)
+    assert "train_model[model=unet]" in jobs
+    assert "evaluate[model=unet, dataset=demo]" in jobs
+
+
+def test_config_error_names_key_path(tmp_path):
+    bad = {**TINY, "models": {"a": {"arch": "unet", "train": {"epochs": "ten"}}}}
+    write_config(tmp_path, bad)
+    proc = smk(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    assert "models.a.train.epochs" in proc.stdout + proc.stderr
+
+
+def test_missing_mask_is_reported_before_any_job(tmp_path):
+    import numpy as np
+
+    from histoflow.io import write_image
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "masks").mkdir()
+    write_image(tmp_path / "imgs" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    write_config(tmp_path, {**TINY, "datasets": {"mine": {"images": "imgs", "masks": "masks"}}})
+    proc = smk(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "imgs/a.png" in out and "no mask" in out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    write_config(workdir, TINY)
+    smk(workdir)
+    return workdir
+
+
+@pytest.mark.slow
+def test_tiny_run_produces_everything(tiny_run):
+    r = tiny_run / "results"
+    html = (r / "report.html").read_text()
+    for text in ("object F1", "Training", "Runtimes", "Stain normalization", "data:image/png;base64"):
+        assert text in html
+    for m in ("a", "b"):
+        assert (r / "models" / m / "model.pt").exists()
+        assert (r / "models" / m / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        table = (r / "metrics" / m / "demo.tsv").read_text().splitlines()
+        assert table[0].startswith("image\t") and len(table) == 1 + 2  # 2 test images of 6
+    assert list((r / "report_figures").glob("*.png"))
+    assert (r / "logs" / "train_model" / "a.log").read_text().strip()
+    assert (r / "benchmarks" / "train_model" / "a.tsv").exists()
+
+
+@pytest.mark.slow
+def test_second_dry_run_has_nothing_to_do(tiny_run):
+    proc = smk(tiny_run, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_snakemake_report(tiny_run):
+    smk(tiny_run, "--report", "smk_report.html")
+    assert (tiny_run / "smk_report.html").stat().st_size > 10_000
+
+
+def _jobs_after_edit(workdir: Path, edit) -> set[str]:
+    cfg = tiny_config()
+    edit(cfg)
+    write_config(workdir, cfg)
+    try:
+        return planned_jobs(smk(workdir, "-n").stdout)
+    finally:
+        write_config(workdir, TINY)
+
+
+@pytest.mark.slow
+def test_reordering_config_keys_reruns_nothing(tiny_run):
+    def reorder(c: dict) -> None:
+        items = list(c.items())[::-1]
+        c.clear()
+        c.update(items)
+        c["demo"] = dict(reversed(list(c["demo"].items())))
+
+    assert _jobs_after_edit(tiny_run, reorder) == set()
+
+
+@pytest.mark.slow
+def test_model_edit_reruns_only_that_model(tiny_run):
+    jobs = _jobs_after_edit(tiny_run, lambda c: c["models"]["b"]["train"].update(lr=0.01))
+    assert jobs == {
+        "train_model[model=b]", "predict[model=b, dataset=demo]", "postprocess[model=b, dataset=demo]",
+        "evaluate[model=b, dataset=demo]", "report", "all",
+    }
+
+
+@pytest.mark.slow
+def test_stain_edit_reruns_everything_downstream(tiny_run):
+    jobs = _jobs_after_edit(tiny_run, lambda c: c["stain"].update(method="reinhard"))
+    expected = {"fit_stain", "normalize_stain[dataset=demo]", "extract_patches", "report", "all"}
+    for m in ("a", "b"):
+        expected |= {f"train_model[model={m}]", f"predict[model={m}, dataset=demo]",
+                     f"postprocess[model={m}, dataset=demo]", f"evaluate[model={m}, dataset=demo]"}
+    assert jobs == expected
+
+
+@pytest.mark.slow
+def test_report_edit_reruns_only_the_report(tiny_run):
+    jobs = _jobs_after_edit(tiny_run, lambda c: c["report"].update(n_overlays=2, overlay_alpha=0.3))
+    assert jobs == {"report", "all"}

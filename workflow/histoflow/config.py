@@ -1,0 +1,86 @@
+"""Configuration: schema validation with defaults, and errors that name the key path."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """config.yaml is invalid; the message names each offending key path."""
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def fill_defaults(instance: Any, schema: dict[str, Any]) -> Any:
+    """Return a copy of ``instance`` with every schema ``default`` filled in, recursively.
+
+    Handles ``properties`` and schema-valued ``additionalProperties`` (so each model and dataset
+    entry gets its own defaults), which plain jsonschema validation does not do.
+    """
+    if not isinstance(instance, dict) or not isinstance(schema, dict):
+        return instance
+    out = dict(instance)
+    props = schema.get("properties", {})
+    for key, sub in props.items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if key in out:
+            out[key] = fill_defaults(out[key], sub)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key in out:
+            if key not in props:
+                out[key] = fill_defaults(out[key], extra)
+    return out
+
+
+def _path(err: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in err.absolute_path) or "(top level)"
+
+
+def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate ``config`` (defaults filled first) and return the completed copy.
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem as ``key.path: message``, e.g.
+        ``models.unet.train.epochs: 'ten' is not of type 'integer'``.
+    """
+    schema = schema if schema is not None else load_schema()
+    full = fill_defaults(config or {}, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(full), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = []
+        for e in errors:
+            msg = e.message
+            if e.validator == "additionalProperties":
+                msg += " (a typo? see workflow/schemas/config.schema.yaml for the valid keys)"
+            if e.validator == "oneOf":
+                msg = "give either 'generator' or both 'images' and 'masks'"
+            lines.append(f"  {_path(e)}: {msg}")
+        raise ConfigError("config.yaml is invalid:\n" + "\n".join(lines))
+    return canonical(full)
+
+
+def canonical(obj: Any) -> Any:
+    """Recursively sort mapping keys, so that reordering keys in config.yaml changes nothing.
+
+    Snakemake compares rule ``params`` by their text; without this, moving a key up or down in
+    config.yaml would look like a parameter change and rerun jobs.
+    """
+    if isinstance(obj, dict):
+        return {k: canonical(obj[k]) for k in sorted(obj, key=str)}
+    if isinstance(obj, list):
+        return [canonical(v) for v in obj]
+    return obj

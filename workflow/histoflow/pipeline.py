@@ -1,0 +1,212 @@
+"""The workflow's stages as plain functions of paths and config dicts.
+
+Each ``run_*`` function is what one Snakemake rule does: read its inputs, call the array-level
+functions of the stage modules, write its outputs atomically. The scripts in ``workflow/scripts``
+only unpack Snakemake's ``snakemake`` object into these calls, so every stage can also be run and
+tested without Snakemake.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import read_json, read_labels, read_rgb, write_image, write_json
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike[str]
+
+
+def run_demo_data(out_dir: PathLike, demo: dict[str, Any]) -> list[str]:
+    """Generate the synthetic muscle-fibre dataset into ``out_dir/images`` and ``out_dir/labels``."""
+    from .demo import FibreParams, make_demo_dataset
+
+    out = Path(out_dir)
+    params = FibreParams(size=(demo["size"], demo["size"]), fibre_diameter=demo["fibre_diameter"])
+    stems = make_demo_dataset(out / "images", out / "labels", demo["n_images"], demo["seed"], params)
+    log.info("wrote %d demo images to %s", len(stems), out)
+    return stems
+
+
+def run_fit_stain(target_image: PathLike, method: str, kwargs: dict[str, Any], out_json: PathLike) -> None:
+    from .stain import get_normalizer, save_normalizer
+
+    norm = get_normalizer(method, **kwargs).fit(read_rgb(target_image))
+    save_normalizer(norm, out_json)
+    d = read_json(out_json)
+    d["target_image"] = str(target_image)
+    write_json(out_json, d)
+    log.info("fitted %s normalizer on %s", method, target_image)
+
+
+def run_normalize(images: dict[str, str], stain_json: PathLike, out_dir: PathLike) -> None:
+    """Normalize every image (stem → path) with the fitted normalizer into ``out_dir/<stem>.png``."""
+    from tqdm import tqdm
+
+    from .stain import load_normalizer
+
+    norm = load_normalizer(stain_json)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stem, path in tqdm(sorted(images.items()), desc="normalize", unit="image", mininterval=5):
+        write_image(out / f"{stem}.png", norm.transform(read_rgb(path)))
+
+
+def run_extract_patches(
+    datasets: dict[str, dict[str, Any]],
+    normalized_dirs: dict[str, PathLike],
+    patches: dict[str, Any],
+    seed: int,
+    out_store: PathLike,
+    out_split: PathLike,
+) -> dict[str, int]:
+    """Split each dataset's training images into train/val and write all their patches to HDF5."""
+    from .patches import extract_patches, split_stems, write_patch_store
+
+    rng = np.random.default_rng(seed)
+    roles: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
+    for name, d in datasets.items():
+        train, val = split_stems(d["train"], patches["val_fraction"], seed)
+        roles["train"] += [(name, s) for s in train]
+        roles["val"] += [(name, s) for s in val]
+
+    def patches_of(items: list[tuple[str, str]], mode: str):
+        for name, stem in items:
+            d = datasets[name]
+            image = read_rgb(Path(normalized_dirs[name]) / f"{stem}.png")
+            labels = read_labels(d["masks"][stem], d["mask_type"])
+            if image.shape[:2] != labels.shape:
+                raise ValueError(
+                    f"{d['masks'][stem]}: mask is {labels.shape} but its image {d['images'][stem]} is "
+                    f"{image.shape[:2]}; masks must have the same size as their images."
+                )
+            yield from extract_patches(
+                image, labels, f"{name}/{stem}", patches["size"], mode=mode, n_random=patches["per_image"],
+                overlap=patches["overlap"], rng=rng, boundary_width=patches["boundary_width"],
+                weight_w0=patches["weight_w0"], weight_sigma=patches["weight_sigma"],
+            )
+
+    # Validation always uses the grid, so its score does not depend on random crops.
+    counts = write_patch_store(
+        out_store,
+        {"train": patches_of(roles["train"], patches["mode"]), "val": patches_of(roles["val"], "grid")},
+        patches["size"],
+    )
+    write_json(out_split, {k: [f"{n}/{s}" for n, s in v] for k, v in roles.items()} | {"counts": counts})
+    log.info("patches: %s", counts)
+    return counts
+
+
+def run_train(
+    store: PathLike, model_cfg: dict[str, Any], seed: int, device: str, out_dir: PathLike
+) -> dict[str, Any]:
+    """Train one model from the patch store; writes model.pt, spec.json, history.tsv, curves.png."""
+    import torch
+
+    from .device import resolve_device
+    from .models import build_model, save_model
+    from .patches import read_patch_group
+    from .report import plot_history
+    from .train import TrainConfig, train_model, write_history_tsv
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    cfg = TrainConfig(**model_cfg.get("train", {}), seed=seed)
+    kwargs = {"in_channels": 3, "out_channels": 1, **model_cfg.get("params", {})}
+    model = build_model(model_cfg["arch"], **kwargs)
+    if model_cfg.get("weights"):
+        wpath = Path(model_cfg["weights"])
+        if not wpath.exists():
+            raise FileNotFoundError(f"{wpath}: initial weights not found (models.*.weights in config.yaml).")
+        missing, unexpected = model.load_state_dict(torch.load(wpath, map_location="cpu", weights_only=True), strict=False)
+        log.info("initialised from %s (missing %d, unexpected %d keys)", wpath, len(missing), len(unexpected))
+    train = read_patch_group(store, "train")
+    val = read_patch_group(store, "val")
+    log.info("training %s on %s: %d train / %d val patches, %.2f M parameters", model_cfg["arch"], dev,
+             len(train["images"]), len(val["images"]), sum(p.numel() for p in model.parameters()) / 1e6)
+    t0 = time.perf_counter()
+    result = train_model(model, train, val, cfg, dev, out / "checkpoint.pt", run_key=model_cfg)
+    spec = {
+        "arch": model_cfg["arch"],
+        "kwargs": kwargs,
+        "input": "rgb/255",
+        "target": cfg.target,
+        "threshold": result["threshold"],
+        "val_dice": result["val_dice"],
+        "train_seconds": time.perf_counter() - t0,
+        "device": str(dev),
+    }
+    write_history_tsv(result["history"], out / "history.tsv")
+    plot_history(result["history"], out / "curves.png")
+    save_model(model.cpu(), spec, out)
+    return spec
+
+
+def run_predict(
+    model_dir: PathLike, normalized_dir: PathLike, stems: list[str], predict: dict[str, Any], device: str,
+    out_dir: PathLike,
+) -> None:
+    """Tiled inference: ``out_dir/<stem>.tif`` float32 foreground probability per image."""
+    import torch
+
+    from .device import prepare_model, resolve_device
+    from .models import load_model
+    from .tiling import predict_tiled
+
+    dev = resolve_device(device)
+    model, _spec = load_model(model_dir, dev)
+    model = prepare_model(model, dev)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        image = read_rgb(Path(normalized_dir) / f"{stem}.png")
+        x = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+        t0 = time.perf_counter()
+        prob = predict_tiled(
+            lambda b: torch.sigmoid(model(b)), x, tile=predict["tile"], overlap=predict["overlap"],
+            batch_size=predict["batch_size"], blend=predict["blend"], device=dev,
+        )[0]
+        write_image(out / f"{stem}.tif", prob.astype(np.float32))
+        log.info("%s: %dx%d in %.2fs", stem, image.shape[0], image.shape[1], time.perf_counter() - t0)
+
+
+def run_postprocess(pred_dir: PathLike, spec_json: PathLike, cfg: dict[str, Any], out_dir: PathLike) -> None:
+    from .io import read_image
+    from .postprocess import PostprocessConfig, postprocess
+
+    pp = PostprocessConfig(**cfg)
+    default_th = float(read_json(spec_json).get("threshold", 0.5))
+    log.info("threshold: %s", pp.threshold if pp.threshold is not None else f"{default_th} (validation-chosen)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in sorted(Path(pred_dir).glob("*.tif")):
+        labels = postprocess(read_image(p), pp, default_th)
+        write_image(out / f"{p.stem}.tif", labels.astype(np.uint16 if labels.max() < 65536 else np.uint32))
+
+
+def run_evaluate(
+    instances_dir: PathLike, dataset: dict[str, Any], out_tsv: PathLike, out_summary: PathLike
+) -> dict[str, float]:
+    import pandas as pd
+
+    from .io import atomic_path, read_image
+    from .metrics import evaluate_instances, summarize
+
+    rows = []
+    for stem in dataset["test"]:
+        pred = read_image(Path(instances_dir) / f"{stem}.tif").astype(np.int64)
+        gt = read_labels(dataset["masks"][stem], dataset["mask_type"])
+        rows.append({"image": stem, **evaluate_instances(pred, gt)})
+    summary = summarize(rows)
+    with atomic_path(out_tsv) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    write_json(out_summary, summary)
+    log.info("object F1 %.4f (pooled %.4f), pixel Dice %.4f", summary.get("object_f1_mean", float("nan")),
+             summary.get("object_f1_pooled", float("nan")), summary.get("pixel_f1_mean", float("nan")))
+    return summary

@@ -1,0 +1,249 @@
+"""Figures and the self-contained HTML report.
+
+Array-level helpers (:func:`error_overlay`) are pure functions; the plotting functions write PNG
+files; :func:`build_report` assembles one HTML page (figures embedded as base64, so the file can
+be e-mailed) from the workflow's outputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import atomic_path, read_image, read_json, read_labels, read_rgb
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike[str]
+
+HEADLINE = [
+    ("object_f1", "object F1"),
+    ("object_dice", "object Dice"),
+    ("object_hausdorff", "object Hausdorff (px)"),
+    ("pixel_f1", "pixel Dice"),
+    ("pixel_iou", "pixel IoU"),
+    ("pixel_precision", "pixel precision"),
+    ("pixel_recall", "pixel recall"),
+]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def error_overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """RGB ``uint8 (H, W, 3)``: ``image`` with false positives red, false negatives blue, and the
+    predicted instance contours in yellow. ``pred``/``gt`` are label maps (> 0 = foreground)."""
+    from skimage.segmentation import find_boundaries
+
+    if image.shape[:2] != pred.shape or pred.shape != gt.shape:
+        raise ValueError(f"shapes differ: image {image.shape}, pred {pred.shape}, gt {gt.shape}")
+    out = image.astype(np.float32).copy()
+    p, g = pred > 0, gt > 0
+    for mask, colour in ((p & ~g, (255, 0, 0)), (~p & g, (0, 80, 255))):
+        out[mask] = (1 - alpha) * out[mask] + alpha * np.array(colour, np.float32)
+    out[find_boundaries(pred, mode="inner")] = (255, 230, 0)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def plot_history(history: list[dict[str, float]], path: PathLike, dpi: int = 100) -> None:
+    """Training curves: losses (left), validation Dice and learning rate (right)."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ep = [h["epoch"] for h in history]
+    a.plot(ep, [h["train_loss"] for h in history], label="train loss")
+    if any("val_loss" in h for h in history):
+        a.plot(ep, [h.get("val_loss", np.nan) for h in history], label="validation loss")
+    a.set_xlabel("epoch")
+    a.set_ylabel("loss (BCE + Dice)")
+    a.legend()
+    a.grid(alpha=0.3)
+    if any("val_dice" in h for h in history):
+        b.plot(ep, [h.get("val_dice", np.nan) for h in history], color="tab:green", label="validation Dice")
+        b.set_ylim(0, 1)
+    b.set_xlabel("epoch")
+    b.set_ylabel("validation pixel Dice")
+    b2 = b.twinx()
+    b2.plot(ep, [h["lr"] for h in history], color="tab:gray", ls="--", label="learning rate")
+    b2.set_ylabel("learning rate")
+    fig.tight_layout()
+    _save(fig, path, dpi)
+
+
+def _save(fig, path: PathLike, dpi: int) -> None:
+    plt = _plt()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+
+
+def _img_tag(path: PathLike, width: str = "100%") -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" style="max-width:{width}">'
+
+
+def _fig_tag(fig, dpi: int) -> str:
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" style="max-width:100%">'
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def metrics_rows(results: str, models: list[str], datasets: list[str]) -> list[list[str]]:
+    """One row per (model, dataset): mean ± sd of the headline metrics and the pooled object F1."""
+    rows = []
+    for m in models:
+        for d in datasets:
+            s = read_json(Path(results) / "metrics" / m / f"{d}_summary.json")
+            cells = [m, d, str(int(s["n_images"]))]
+            for key, _ in HEADLINE:
+                mean, sd = s.get(f"{key}_mean", np.nan), s.get(f"{key}_sd", np.nan)
+                cells.append(f"{mean:.3f} ± {sd:.3f}" if key != "object_hausdorff" else f"{mean:.1f} ± {sd:.1f}")
+            cells.append(f"{s.get('object_f1_pooled', np.nan):.3f}")
+            rows.append(cells)
+    return rows
+
+
+def benchmark_rows(results: str) -> list[list[str]]:
+    """Per-job runtimes and peak memory from Snakemake's ``benchmark:`` files."""
+    import pandas as pd
+
+    rows = []
+    root = Path(results) / "benchmarks"
+    for p in sorted(root.rglob("*.tsv")):
+        df = pd.read_csv(p, sep="\t")
+        job = str(p.relative_to(root).with_suffix(""))
+        rows.append([job, f"{df['s'].iloc[-1]:.1f}", f"{df['max_rss'].iloc[-1]:.0f}" if "max_rss" in df else "-"])
+    return rows
+
+
+def stain_figure(config: dict[str, Any], datasets: dict[str, Any], results: str, dpi: int, n: int = 3) -> str:
+    """Before/after thumbnails of a few images and the fitted stain vectors."""
+    plt = _plt()
+    pairs = [(name, stem) for name, d in datasets.items() for stem in d["test"]][:n]
+    if not pairs:
+        return ""
+    fig, axes = plt.subplots(2, len(pairs), figsize=(3 * len(pairs), 6), squeeze=False)
+    for j, (name, stem) in enumerate(pairs):
+        axes[0, j].imshow(read_rgb(datasets[name]["images"][stem]))
+        axes[0, j].set_title(f"{stem} (raw)", fontsize=9)
+        axes[1, j].imshow(read_rgb(Path(results) / "normalized" / name / f"{stem}.png"))
+        axes[1, j].set_title("normalized", fontsize=9)
+        for a in axes[:, j]:
+            a.axis("off")
+    fig.tight_layout()
+    return _fig_tag(fig, dpi)
+
+
+def overlay_figures(
+    results: str, model: str, dname: str, dataset: dict[str, Any], n: int, alpha: float, out_dir: Path, dpi: int
+) -> list[Path]:
+    """Error overlays for the first ``n`` test images (PNG files in ``out_dir``)."""
+    from .metrics import evaluate_instances
+
+    plt = _plt()
+    paths = []
+    for stem in dataset["test"][:n]:
+        image = read_rgb(Path(results) / "normalized" / dname / f"{stem}.png")
+        pred = read_image(Path(results) / "instances" / model / dname / f"{stem}.tif").astype(np.int64)
+        gt = read_labels(dataset["masks"][stem], dataset["mask_type"])
+        m = evaluate_instances(pred, gt)
+        fig, axes = plt.subplots(1, 2, figsize=(9, 5))
+        axes[0].imshow(image)
+        axes[0].set_title(f"{dname}/{stem}", fontsize=9)
+        axes[1].imshow(error_overlay(image, pred, gt, alpha))
+        axes[1].set_title(
+            f"{model}: object F1 {m['object_f1']:.3f}, Dice {m['pixel_f1']:.3f}\n"
+            "red = false positive, blue = false negative, yellow = predicted outlines", fontsize=8,
+        )
+        for a in axes:
+            a.axis("off")
+        fig.tight_layout()
+        path = out_dir / f"{model}__{dname}__{stem}.png"
+        _save(fig, path, dpi)
+        paths.append(path)
+    return paths
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{border-bottom:2px solid #c05;padding-bottom:.2em} h2{color:#803;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em} td,th{border:1px solid #ccc;padding:.3em .6em}
+th{background:#f4e8ee} tr:nth-child(even){background:#fafafa} pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.85em}
+.note{color:#555;font-size:.9em}
+"""
+
+
+def build_report(
+    config: dict[str, Any], models: list[str], datasets: dict[str, dict[str, Any]], results: str,
+    options: dict[str, Any], out_html: PathLike, out_figures: PathLike,
+) -> None:
+    """Assemble ``report.html`` and write the overlay PNGs into ``out_figures``."""
+    import yaml
+
+    dpi = options["dpi"]
+    fig_dir = Path(out_figures)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    names = list(datasets)
+    parts = [f"<h1>{html.escape(options['title'])}</h1>",
+             f"<p class=note>Generated {_dt.datetime.now():%Y-%m-%d %H:%M} by histoflow. "
+             "Metrics are on each dataset's held-out test images only.</p>"]
+
+    parts.append("<h2>Results</h2>")
+    header = ["model", "dataset", "images"] + [h for _, h in HEADLINE] + ["object F1 (pooled)"]
+    parts.append(_table(header, metrics_rows(results, models, names)))
+    parts.append("<p class=note>mean ± sd over test images. Object F1, Dice and Hausdorff follow the GlaS 2015 "
+                 "definitions; 'pooled' sums TP/FP/FN over all images, as GlaS does for a test set.</p>")
+
+    parts.append("<h2>Training</h2>")
+    for m in models:
+        spec = read_json(Path(results) / "models" / m / "spec.json")
+        parts.append(f"<h3>{html.escape(m)} ({html.escape(spec['arch'])})</h3>")
+        parts.append(f"<p class=note>threshold {spec['threshold']:.2f} chosen on validation patches "
+                     f"(pixel Dice {spec['val_dice']:.3f}); trained {spec['train_seconds']:.0f} s on "
+                     f"{html.escape(spec['device'])}.</p>")
+        parts.append(_img_tag(Path(results) / "models" / m / "curves.png"))
+
+    parts.append("<h2>Predictions on test images</h2>")
+    for m in models:
+        for d in names:
+            for p in overlay_figures(results, m, d, datasets[d], options["n_overlays"], options["overlay_alpha"],
+                                     fig_dir, dpi):
+                parts.append(_img_tag(p))
+
+    parts.append("<h2>Stain normalization</h2>")
+    stain = read_json(Path(results) / "stain" / "target.json")
+    parts.append(f"<p>method <b>{html.escape(stain.get('method', '?'))}</b>, target "
+                 f"<code>{html.escape(str(stain.get('target_image', '')))}</code></p>")
+    parts.append(stain_figure(config, datasets, results, dpi))
+
+    parts.append("<h2>Runtimes</h2>")
+    parts.append(_table(["job", "seconds", "peak RSS (MB)"], benchmark_rows(results)))
+
+    parts.append("<h2>Configuration</h2>")
+    parts.append(f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>")
+
+    page = f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(options['title'])}</title>" \
+           f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(page)
+    log.info("wrote %s", out_html)

@@ -1,0 +1,36 @@
+"""Glue for the scripts Snakemake runs: logging into the rule's log file, then the stage call."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def run_logged(snakemake: Any, fn: Callable[[], Any]) -> Any:
+    """Send stdout, stderr, ``logging`` and tqdm to the rule's ``log:`` file and call ``fn()``.
+
+    Exceptions are logged with their traceback (so the log says why a job failed) and re-raised so
+    Snakemake marks the job failed and removes its outputs.
+    """
+    log_path = snakemake.log[0] if len(snakemake.log) else None
+    stream = open(log_path, "w", buffering=1) if log_path else sys.stderr  # noqa: SIM115
+    sys.stdout = sys.stderr = stream
+    logging.basicConfig(level=logging.INFO, stream=stream, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        torch_threads(snakemake.threads)
+        return fn()
+    except Exception:
+        logging.getLogger("histoflow").exception("job failed")
+        raise
+    finally:
+        stream.flush()
+
+
+def torch_threads(n: int) -> None:
+    if "torch" in sys.modules or n:
+        import torch
+
+        torch.set_num_threads(max(int(n), 1))

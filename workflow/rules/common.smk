@@ -1,0 +1,85 @@
+# Configuration, datasets, and the input functions the rules use. No rules here.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+
+from histoflow.config import validate_config  # noqa: E402
+from histoflow.datasets import resolve_datasets  # noqa: E402
+
+_full = validate_config(config)
+config.clear()
+config.update(_full)
+
+RESULTS = config["results"]
+DATASETS = resolve_datasets(config)
+MODELS = list(config["models"])
+TEST_DATASETS = [name for name, d in DATASETS.items() if d.test]
+TRAIN_DATASETS = [name for name, d in DATASETS.items() if d.train]
+ENV = "../../envs/histoflow.yaml"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    model="|".join(MODELS),
+
+
+def raw_inputs(name):
+    """The files (or, for a generated dataset, the folder) a dataset's images and masks come from."""
+    if config["datasets"][name].get("generator"):
+        return [f"{RESULTS}/data/{name}"]
+    d = DATASETS[name]
+    return [d.images[s] for s in d.stems] + [d.masks[s] for s in d.stems]
+
+
+def raw_dataset_inputs(wildcards):
+    return raw_inputs(wildcards.dataset)
+
+
+def stain_target_image():
+    """Explicit target from config, else the first training image of the first training dataset."""
+    if config["stain"]["target"]:
+        return config["stain"]["target"]
+    d = DATASETS[TRAIN_DATASETS[0]]
+    return d.images[d.train[0]]
+
+
+def stain_target_inputs(wildcards):
+    """The target image file, or the generated dataset folder that will contain it."""
+    target = stain_target_image()
+    generated = [f"{RESULTS}/data/{n}" for n in DATASETS if config["datasets"][n].get("generator")]
+    return [g for g in generated if target.startswith(f"{g}/")] or [target]
+
+
+def patch_inputs(wildcards):
+    return {
+        "normalized": [f"{RESULTS}/normalized/{n}" for n in TRAIN_DATASETS],
+        "raw": [p for n in TRAIN_DATASETS for p in raw_inputs(n)],
+    }
+
+
+def dataset_table(names):
+    """JSON-friendly description of datasets for the scripts (paths per stem, split, mask type)."""
+    return {
+        n: {
+            "images": DATASETS[n].images,
+            "masks": DATASETS[n].masks,
+            "mask_type": DATASETS[n].mask_type,
+            "train": DATASETS[n].train,
+            "test": DATASETS[n].test,
+            "pixel_size_um": DATASETS[n].pixel_size_um,
+        }
+        for n in names
+    }
+
+
+def report_inputs(wildcards):
+    pairs = [(m, d) for m in MODELS for d in TEST_DATASETS]
+    return {
+        "metrics": [f"{RESULTS}/metrics/{m}/{d}.tsv" for m, d in pairs],
+        "instances": [f"{RESULTS}/instances/{m}/{d}" for m, d in pairs],
+        "history": [f"{RESULTS}/models/{m}/history.tsv" for m in MODELS],
+        "specs": [f"{RESULTS}/models/{m}/spec.json" for m in MODELS],
+        "normalized": [f"{RESULTS}/normalized/{d}" for d in DATASETS],
+        "stain": f"{RESULTS}/stain/target.json",
+    }

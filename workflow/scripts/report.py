@@ -1,0 +1,16 @@
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
+from histoflow.report import build_report  # noqa: E402
+from histoflow.smk import run_logged  # noqa: E402
+
+run_logged(snakemake, lambda: build_report(
+    config=snakemake.config,
+    models=snakemake.params.models,
+    datasets=snakemake.params.datasets,
+    results=snakemake.params.results,
+    options=snakemake.params.report,
+    out_html=snakemake.output.html,
+    out_figures=snakemake.output.overlays,
+))
