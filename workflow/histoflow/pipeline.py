@@ -112,13 +112,14 @@ def run_train(
     from .models import build_model, save_model
     from .patches import read_patch_group
     from .report import plot_history
-    from .train import TrainConfig, train_model, write_history_tsv
+    from .train import TrainConfig, seed_everything, train_model, write_history_tsv
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     cfg = TrainConfig(**model_cfg.get("train", {}), seed=seed)
     kwargs = {"in_channels": 3, "out_channels": 1, **model_cfg.get("params", {})}
+    seed_everything(seed)  # the initial weights are part of the reproducible run
     model = build_model(model_cfg["arch"], **kwargs)
     if model_cfg.get("weights"):
         wpath = Path(model_cfg["weights"])

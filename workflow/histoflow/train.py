@@ -121,6 +121,47 @@ def augment_batch(*tensors: torch.Tensor, generator: torch.Generator) -> tuple[t
     return tuple(out)
 
 
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on SIGUSR1/SIGTERM after writing a checkpoint; rerunning resumes it."""
+
+
+class StopOnSignal:
+    """Context manager: SIGUSR1 / SIGTERM set ``signum`` instead of killing the process.
+
+    SLURM sends SIGUSR1 a configurable time before the time limit (``--signal=B:USR1@300``) and
+    SIGTERM on preemption or ``scancel``; the training loop polls ``signum`` after each step, writes a
+    checkpoint and raises :class:`TrainingInterrupted`. Outside the main thread (where handlers
+    cannot be installed) it does nothing.
+    """
+
+    SIGNALS = ("SIGUSR1", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("received signal %d: checkpointing after the current step", signum)
+        self.signum = signum
+
+    def __enter__(self) -> StopOnSignal:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                if hasattr(signal, name):
+                    sig = getattr(signal, name)
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
 def params_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -184,10 +225,12 @@ def train_model(
     """Train ``model`` in place and return ``{"history": [...], "threshold": t, "val_dice": d}``.
 
     ``train_data``/``val_data`` are dicts of arrays as read by
-    :func:`histoflow.patches.read_patch_group`. ``checkpoint`` is written after every epoch; when it
+    :func:`histoflow.patches.read_patch_group`. ``checkpoint`` is written after every epoch, and
+    mid-epoch when SIGUSR1/SIGTERM arrives (then :class:`TrainingInterrupted` is raised). When it
     exists and was written for the same ``run_key`` (e.g. the model's config), training resumes from
-    it with the same optimizer, scheduler, RNG state and epoch. A checkpoint from other settings is
-    ignored (and overwritten).
+    it with the same optimizer, scheduler (the learning rate does not reset), RNG state, epoch and
+    step, so an interrupted and resumed run ends with the same weights as an uninterrupted one
+    (bitwise on CPU). A checkpoint from other settings is ignored (and overwritten).
     """
     seed_everything(cfg.seed)
     key = params_hash({"run": run_key, "train": asdict(cfg)})
@@ -211,7 +254,7 @@ def train_model(
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
-    start_epoch = 0
+    start_epoch, start_step, perm, losses = 0, 0, None, []
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if state.get("key") == key:
@@ -222,42 +265,58 @@ def train_model(
             _set_rng_state(state["rng"])
             history = state["history"]
             start_epoch = state["epoch"]
-            log.info("resuming from %s at epoch %d/%d", checkpoint, start_epoch, cfg.epochs)
+            if state.get("step"):  # interrupted inside an epoch
+                start_step, perm, losses = state["step"], state["perm"], state["losses"]
+            log.info("resuming from %s at epoch %d/%d, step %d", checkpoint, start_epoch + 1 if start_step
+                     else start_epoch, cfg.epochs, start_step)
         else:
             log.warning("ignoring %s: it was written for other settings", checkpoint)
 
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen)
-        losses = []
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, mininterval=10)
-        for step in bar:
-            idx = perm[(step * cfg.batch_size) % n :][: cfg.batch_size]
-            xb, yb, wb = x_train[idx], y_train[idx], w_train[idx]
-            if cfg.augment:
-                xb, yb, wb = augment_batch(xb, yb, wb, generator=gen)
-            xb, yb, wb = to_device(xb, device), yb.to(device), wb.to(device)
-            with autocast(device):
-                logits = model(xb)
-            loss = segmentation_loss(logits, yb, wb, cfg.bce_weight, cfg.dice_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"]}
-        if val_data is not None and len(val_data["images"]):
-            row.update(_validate(model, val_data, cfg, device))
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
-        save_checkpoint(checkpoint, {
-            "key": key, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "generator": gen.get_state(), "rng": _rng_state(),
-            "history": history,
-        })
+    def snapshot(epoch_done: int, **mid_epoch: Any) -> dict[str, Any]:
+        return {"key": key, "epoch": epoch_done, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "generator": gen.get_state(), "rng": _rng_state(),
+                "history": history, **mid_epoch}
+
+    with StopOnSignal() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            if start_step == 0:
+                perm, losses = torch.randperm(n, generator=gen), []
+            bar = tqdm(range(start_step, steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                       mininterval=10)
+            for step in bar:
+                idx = perm[(step * cfg.batch_size) % n :][: cfg.batch_size]
+                xb, yb, wb = x_train[idx], y_train[idx], w_train[idx]
+                if cfg.augment:
+                    xb, yb, wb = augment_batch(xb, yb, wb, generator=gen)
+                xb, yb, wb = to_device(xb, device), yb.to(device), wb.to(device)
+                with autocast(device):
+                    logits = model(xb)
+                loss = segmentation_loss(logits, yb, wb, cfg.bce_weight, cfg.dice_weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if stop.signum is not None and step + 1 < steps:
+                    save_checkpoint(checkpoint, snapshot(epoch, step=step + 1, perm=perm, losses=losses))
+                    raise TrainingInterrupted(
+                        f"stopped by signal {stop.signum} at epoch {epoch + 1}, step {step + 1}; checkpoint "
+                        f"saved to {checkpoint}: rerun the job to resume"
+                    )
+            start_step = 0
+            row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"]}
+            if val_data is not None and len(val_data["images"]):
+                row.update(_validate(model, val_data, cfg, device))
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+            save_checkpoint(checkpoint, snapshot(epoch + 1))
+            if stop.signum is not None and epoch + 1 < cfg.epochs:
+                raise TrainingInterrupted(f"stopped by signal {stop.signum} after epoch {epoch + 1}; checkpoint "
+                                          f"saved to {checkpoint}: rerun the job to resume")
 
     threshold, val_dice = 0.5, float("nan")
     if val_data is not None and len(val_data["images"]):
