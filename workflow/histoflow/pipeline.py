@@ -112,7 +112,7 @@ def run_train(
     from .models import build_model, save_model
     from .patches import read_patch_group
     from .report import plot_history
-    from .train import TrainConfig, seed_everything, train_model, write_history_tsv
+    from .train import TrainConfig, seed_everything, write_history_tsv
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,13 +132,14 @@ def run_train(
     log.info("training %s on %s: %d train / %d val patches, %.2f M parameters", model_cfg["arch"], dev,
              len(train["images"]), len(val["images"]), sum(p.numel() for p in model.parameters()) / 1e6)
     t0 = time.perf_counter()
-    result = train_model(model, train, val, cfg, dev, out / "checkpoint.pt", run_key=model_cfg)
+    result = train_with_oom_fallback(model, train, val, cfg, dev, out / "checkpoint.pt", model_cfg)
     spec = {
         "arch": model_cfg["arch"],
         "kwargs": kwargs,
         "input": "rgb/255",
         "target": cfg.target,
         "threshold": result["threshold"],
+        "batch_size": cfg.batch_size,
         "val_dice": result["val_dice"],
         "train_seconds": time.perf_counter() - t0,
         "device": str(dev),
@@ -147,6 +148,32 @@ def run_train(
     plot_history(result["history"], out / "curves.png")
     save_model(model.cpu(), spec, out)
     return spec
+
+
+def train_with_oom_fallback(model, train, val, cfg, dev, checkpoint: Path, model_cfg: dict[str, Any]):
+    """:func:`histoflow.train.train_model`, restarted with half the batch size on CUDA out-of-memory.
+
+    A job that asked for too large a batch still finishes (more slowly, with a warning in its log)
+    instead of failing after the queue wait; ``cfg.batch_size`` is updated to the size that worked.
+    """
+    import copy
+
+    import torch
+
+    from .train import train_model
+
+    initial = copy.deepcopy(model.state_dict())
+    while True:
+        try:
+            return train_model(model, train, val, cfg, dev, checkpoint, run_key=model_cfg)
+        except torch.cuda.OutOfMemoryError:
+            if cfg.batch_size == 1:
+                raise RuntimeError("out of GPU memory with batch_size=1: lower patches.size or the model width") from None
+            cfg.batch_size //= 2
+            log.warning("out of GPU memory: restarting training with batch_size=%d", cfg.batch_size)
+            model.load_state_dict(initial)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 def run_predict(

@@ -8,6 +8,7 @@ weights, so a model that is exact on its own (``x + 1``) is exact through the ti
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 
@@ -16,6 +17,8 @@ import torch
 from tqdm import tqdm
 
 from .device import autocast, to_device
+
+log = logging.getLogger(__name__)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -87,6 +90,9 @@ def predict_tiled(
         Tile edge and minimum overlap in pixels.
     out_channels:
         K; inferred from the first batch when ``None``.
+    batch_size:
+        Tiles per forward pass; halved automatically (and the batch retried) on a CUDA out-of-memory
+        error, so a too-large setting slows a job down instead of failing it.
 
     Returns
     -------
@@ -108,12 +114,24 @@ def predict_tiled(
     device = torch.device(device)
     acc: torch.Tensor | None = None
     norm = torch.zeros((hp, wp), dtype=torch.float32)
-    it = range(0, len(coords), batch_size)
-    for start in tqdm(it, desc="tiles", unit="batch", disable=not progress, mininterval=5):
+    bar = tqdm(total=len(coords), desc="tiles", unit="tile", disable=not progress, mininterval=5)
+    start = 0
+    while start < len(coords):
         batch_coords = coords[start : start + batch_size]
         batch = torch.stack([x[:, y : y + th, xx : xx + tw] for y, xx in batch_coords])
-        with torch.inference_mode(), autocast(device):
-            out = predictor(to_device(batch, device))
+        try:
+            with torch.inference_mode(), autocast(device):
+                out = predictor(to_device(batch, device))
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise RuntimeError(
+                    f"out of GPU memory with one {tile}x{tile} tile: lower predict.tile in config.yaml"
+                ) from None
+            batch_size = max(batch_size // 2, 1)
+            log.warning("out of GPU memory: retrying with batch_size=%d", batch_size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
         out = out.float().cpu()
         if out.shape[-2:] != (th, tw):
             raise ValueError(f"predictor changed the tile size: {tuple(batch.shape)} -> {tuple(out.shape)}")
@@ -123,6 +141,9 @@ def predict_tiled(
         for o, (y, xx) in zip(out, batch_coords, strict=True):
             acc[:, y : y + th, xx : xx + tw] += o * window
             norm[y : y + th, xx : xx + tw] += window
+        start += len(batch_coords)
+        bar.update(len(batch_coords))
+    bar.close()
     if acc is None:  # pragma: no cover - coords is never empty
         raise RuntimeError("no tiles")
     return (acc / norm)[:, :h, :w].numpy()
