@@ -61,13 +61,19 @@ def instances_from_mask(mask: np.ndarray, split: str = "watershed", h: float = 2
     """Instance labels ``int32 (H, W)`` from a binary mask (0 = background, 1..N objects).
 
     ``watershed``: markers are the h-maxima of the Euclidean distance transform (so one marker per
-    convex-ish blob, robust to ragged edges), flooded on the negated distance within the mask.
+    convex-ish blob, robust to ragged edges), flooded on the negated distance within the mask. A
+    connected component too thin to hold an h-maximum becomes one object (it is never dropped).
     """
     if split == "components":
         labels, _ = ndi.label(mask)
     else:
         dist = ndi.distance_transform_edt(mask)
-        markers, _ = ndi.label(h_maxima(dist, h) if h > 0 else mask)
+        markers, n_markers = ndi.label(h_maxima(dist, h) if h > 0 else mask)
+        comps, n_comps = ndi.label(mask)
+        has_marker = np.zeros(n_comps + 1, bool)
+        has_marker[comps[markers > 0]] = True
+        unmarked = (comps > 0) & ~has_marker[comps]
+        markers[unmarked] = comps[unmarked] + n_markers
         labels = watershed(-dist, markers, mask=mask)
     if min_size > 0:
         sizes = np.bincount(labels.ravel())

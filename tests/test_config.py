@@ -1,0 +1,218 @@
+"""Tests for histoflow.config (schema defaults and key-path errors), the schema itself, and histoflow.datasets."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from histoflow.config import ConfigError, fill_defaults, load_schema, validate_config
+from histoflow.datasets import resolve_dataset, resolve_datasets, split_test
+from histoflow.demo import demo_stems
+from histoflow.io import InputError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------
+# defaults
+
+
+def test_empty_config_gets_every_default():
+    cfg = validate_config({})
+    assert cfg["results"] == "results" and cfg["device"] == "auto" and cfg["seed"] == 0
+    assert cfg["demo"] == {"n_images": 20, "size": 256, "fibre_diameter": 40.0, "seed": 0}
+    assert cfg["patches"]["size"] == 128 and cfg["patches"]["mode"] == "random"
+    assert cfg["patches"]["weight_w0"] == 10.0 and cfg["patches"]["val_fraction"] == 0.2
+    assert cfg["stain"] == {"method": "macenko", "target": "", "params": {}}
+    assert cfg["datasets"]["demo"] == {"generator": "muscle_fibres", "mask_type": "instance", "split": "auto",
+                                       "test_fraction": 0.25}
+    unet = cfg["models"]["unet"]
+    assert unet["arch"] == "unet" and unet["params"] == {}
+    assert unet["train"]["epochs"] == 20 and unet["train"]["lr"] == 0.001
+    assert unet["train"]["max_steps_per_epoch"] is None and unet["train"]["target"] == "masks"
+    assert unet["predict"] == {"tile": 256, "overlap": 64, "batch_size": 4, "blend": "gaussian"}
+    assert cfg["postprocess"]["threshold"] is None and cfg["postprocess"]["split"] == "watershed"
+    assert cfg["report"]["dpi"] == 100
+    assert validate_config(None) == cfg
+
+
+def test_model_and_dataset_entries_get_nested_defaults():
+    given = {
+        "models": {"small": {"arch": "unet", "params": {"base_width": 8}, "train": {"epochs": 3}}},
+        "datasets": {"mine": {"images": "a", "masks": "b", "split": "test"}},
+    }
+    snapshot = copy.deepcopy(given)
+    cfg = validate_config(given)
+    assert given == snapshot  # the input is not modified
+    small = cfg["models"]["small"]
+    assert small["params"] == {"base_width": 8}
+    assert small["train"]["epochs"] == 3 and small["train"]["batch_size"] == 8
+    assert small["train"]["use_weight_map"] is True and small["predict"]["tile"] == 256
+    assert set(cfg["models"]) == {"small"}  # a given section replaces the default entries
+    assert cfg["datasets"] == {"mine": {"images": "a", "masks": "b", "split": "test", "mask_type": "instance",
+                                        "test_fraction": 0.25}}
+
+
+def test_fill_defaults_keeps_given_values_and_non_dicts():
+    schema = {"properties": {"a": {"default": 1}, "b": {"properties": {"c": {"default": 2}}, "default": {}}}}
+    assert fill_defaults({}, schema) == {"a": 1, "b": {"c": 2}}
+    assert fill_defaults({"a": 5, "b": {"c": 7}}, schema) == {"a": 5, "b": {"c": 7}}
+    assert fill_defaults(3, schema) == 3
+
+
+def test_repo_config_validates():
+    cfg = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+    unet = cfg["models"]["unet"]
+    assert unet["params"] == {"base_width": 16, "depth": 3}
+    assert unet["train"]["lr"] == 0.002 and unet["train"]["weight_decay"] == 0.0001  # given + default
+    assert cfg["datasets"]["demo"]["generator"] == "muscle_fibres"
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+def test_typo_key_is_named():
+    with pytest.raises(ConfigError) as exc:
+        validate_config({"patchs": {"size": 64}})
+    assert "'patchs'" in str(exc.value) and "typo" in str(exc.value)
+    with pytest.raises(ConfigError, match=r"models\.unet\.train.*'epoch'"):
+        validate_config({"models": {"unet": {"arch": "unet", "train": {"epoch": 3}}}})
+
+
+def test_wrong_type_names_the_key_path():
+    with pytest.raises(ConfigError) as exc:
+        validate_config({"models": {"unet": {"arch": "unet", "train": {"epochs": "ten"}}}})
+    assert "models.unet.train.epochs: 'ten' is not of type 'integer'" in str(exc.value)
+
+
+def test_every_error_is_listed():
+    with pytest.raises(ConfigError) as exc:
+        validate_config({"seed": "x", "patches": {"size": 8}, "device": "tpu"})
+    msg = str(exc.value)
+    assert msg.startswith("config.yaml is invalid:")
+    assert "  device:" in msg and "  patches.size:" in msg and "  seed:" in msg
+    assert isinstance(exc.value, ValueError)
+
+
+@pytest.mark.parametrize("entry", [{"mask_type": "binary"}, {"images": "imgs"},
+                                   {"generator": "muscle_fibres", "images": "a", "masks": "b"}])
+def test_dataset_needs_generator_xor_folders(entry):
+    with pytest.raises(ConfigError, match=r"datasets\.mine: give either 'generator' or both 'images' and 'masks'"):
+        validate_config({"datasets": {"mine": entry}})
+
+
+def test_model_needs_arch_and_sections_need_entries():
+    with pytest.raises(ConfigError, match=r"models\.m: 'arch' is a required property"):
+        validate_config({"models": {"m": {"params": {}}}})
+    with pytest.raises(ConfigError, match="models"):
+        validate_config({"models": {}})
+
+
+# ---------------------------------------------------------------------------------------------
+# the schema
+
+
+def _walk(schema: dict, path: str, parent_described: bool, found: list[str]) -> None:
+    for key, sub in schema.get("properties", {}).items():
+        here = f"{path}.{key}" if path else key
+        if "description" not in sub and not parent_described:
+            found.append(here)
+        _walk(sub, here, "description" in sub, found)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        _walk(extra, f"{path}.*", parent_described, found)
+
+
+def test_schema_is_documented():
+    schema = load_schema()
+    assert schema["additionalProperties"] is False
+    for key, sub in schema["properties"].items():
+        assert sub.get("description"), key
+        assert "default" in sub, key
+    undocumented: list[str] = []
+    _walk(schema, "", False, undocumented)
+    assert undocumented == []
+
+
+def test_schema_defaults_are_valid():
+    schema = load_schema()
+    # The defaults of the top level alone must form a valid configuration.
+    defaults = {k: copy.deepcopy(v["default"]) for k, v in schema["properties"].items()}
+    assert validate_config(defaults) == validate_config({})
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets
+
+
+def test_split_test_roles_and_seeded_split():
+    stems = [f"s{i}" for i in range(8)]
+    assert split_test(stems[::-1], "train", 0.25, 0) == (stems, [])
+    assert split_test(stems[::-1], "test", 0.25, 0) == ([], stems)
+    train, test = split_test(stems, "auto", 0.25, 3)
+    assert (train, test) == split_test(stems, "auto", 0.25, 3)
+    assert len(test) == 2 and len(train) == 6
+    assert set(train).isdisjoint(test) and sorted(train + test) == stems
+    assert len({tuple(split_test(stems, "auto", 0.25, s)[1]) for s in range(10)}) > 1
+    assert len(split_test(["a", "b", "c"], "auto", 0.05, 0)[1]) == 1  # at least one test image
+    assert len(split_test(["a", "b"], "auto", 0.9, 0)[0]) == 1  # and at least one training image
+    assert split_test(["a", "b"], "auto", 0.0, 0) == (["a", "b"], [])
+
+
+def _folders(tmp_path: Path, images: list[str], masks: list[str]) -> dict:
+    for sub, names in (("images", images), ("masks", masks)):
+        (tmp_path / sub).mkdir(exist_ok=True)
+        for name in names:
+            (tmp_path / sub / name).write_bytes(b"")
+    return validate_config({"datasets": {"mine": {"images": str(tmp_path / "images"),
+                                                  "masks": str(tmp_path / "masks"), "test_fraction": 0.34}}})
+
+
+def test_resolve_dataset_pairs_by_stem(tmp_path):
+    config = _folders(tmp_path, ["b.png", "a.tif", "c.jpg", "notes.txt", ".hidden.png"],
+                      ["a.png", "b.png", "c.tiff", "extra.png"])
+    ds = resolve_dataset("mine", config["datasets"]["mine"], config)
+    assert ds.name == "mine" and ds.mask_type == "instance" and ds.pixel_size_um is None
+    assert ds.stems == ["a", "b", "c"]
+    assert ds.images == {s: str(tmp_path / "images" / f) for s, f in (("a", "a.tif"), ("b", "b.png"),
+                                                                      ("c", "c.jpg"))}
+    assert ds.masks == {s: str(tmp_path / "masks" / f) for s, f in (("a", "a.png"), ("b", "b.png"),
+                                                                     ("c", "c.tiff"))}
+    assert sorted(ds.train + ds.test) == ["a", "b", "c"] and len(ds.test) == 1
+    assert (ds.train, ds.test) == split_test(["a", "b", "c"], "auto", 0.34, config["seed"])
+
+
+def test_resolve_dataset_missing_mask_names_the_image(tmp_path):
+    config = _folders(tmp_path, ["a.png", "b.png"], ["a.png"])
+    with pytest.raises(InputError) as exc:
+        resolve_dataset("mine", config["datasets"]["mine"], config)
+    msg = str(exc.value)
+    assert str(tmp_path / "images" / "b.png") in msg
+    assert "'mine'" in msg and "1 image(s)" in msg
+
+
+def test_resolve_dataset_empty_or_missing_folders(tmp_path):
+    config = _folders(tmp_path, [], ["a.png"])
+    with pytest.raises(InputError, match="no image files"):
+        resolve_dataset("mine", config["datasets"]["mine"], config)
+    entry = dict(config["datasets"]["mine"], masks=str(tmp_path / "nope"))
+    with pytest.raises(InputError, match="nope: folder not found"):
+        resolve_dataset("mine", entry, config)
+
+
+def test_resolve_datasets_generator_and_roles(tmp_path):
+    config = validate_config({"results": "out", "demo": {"n_images": 4},
+                              "datasets": {"demo": {"generator": "muscle_fibres", "split": "test"}}})
+    ds = resolve_dataset("demo", config["datasets"]["demo"], config)
+    stems = demo_stems(4)
+    assert ds.stems == sorted(stems) and ds.test == sorted(stems) and ds.train == []
+    assert ds.images[stems[0]] == f"out/data/demo/images/{stems[0]}.png"
+    assert ds.masks[stems[0]] == f"out/data/demo/labels/{stems[0]}.png"
+    with pytest.raises(InputError, match="no dataset has training images"):
+        resolve_datasets(config)
+    config["datasets"]["demo"]["split"] = "auto"
+    assert set(resolve_datasets(config)) == {"demo"}
