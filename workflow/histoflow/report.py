@@ -27,6 +27,8 @@ HEADLINE = [
     ("object_f1", "object F1"),
     ("object_dice", "object Dice"),
     ("object_hausdorff", "object Hausdorff (px)"),
+    ("aji", "AJI"),
+    ("pq", "PQ"),
     ("pixel_f1", "pixel Dice"),
     ("pixel_iou", "pixel IoU"),
     ("pixel_precision", "pixel precision"),
@@ -119,6 +121,7 @@ def metrics_rows(results: str, models: list[str], datasets: list[str]) -> list[l
                 mean, sd = s.get(f"{key}_mean", np.nan), s.get(f"{key}_sd", np.nan)
                 cells.append(f"{mean:.3f} ± {sd:.3f}" if key != "object_hausdorff" else f"{mean:.1f} ± {sd:.1f}")
             cells.append(f"{s.get('object_f1_pooled', np.nan):.3f}")
+            cells.append(f"{s.get('ap50_pooled', np.nan):.3f}")
             rows.append(cells)
     return rows
 
@@ -209,10 +212,12 @@ def build_report(
              "Metrics are on each dataset's held-out test images only.</p>"]
 
     parts.append("<h2>Results</h2>")
-    header = ["model", "dataset", "images"] + [h for _, h in HEADLINE] + ["object F1 (pooled)"]
+    header = ["model", "dataset", "images"] + [h for _, h in HEADLINE] + ["object F1 (pooled)", "AP@0.5 (pooled)"]
     parts.append(_table(header, metrics_rows(results, models, names)))
     parts.append("<p class=note>mean ± sd over test images. Object F1, Dice and Hausdorff follow the GlaS 2015 "
-                 "definitions; 'pooled' sums TP/FP/FN over all images, as GlaS does for a test set.</p>")
+                 "definitions; AJI is Kumar et al.'s (MoNuSeg); PQ = DQ × SQ at IoU 0.5; 'pooled' sums TP/FP/FN over "
+                 "all images, as GlaS does for a test set; AP@0.5 ranks every object of every image by its "
+                 "mean probability (VOC all-point interpolation).</p>")
 
     parts.append("<h2>Training</h2>")
     for m in models:

@@ -1,7 +1,8 @@
 rule evaluate:
-    """Pixel and GlaS object metrics per test image, against the ground truth."""
+    """Pixel, GlaS object, AJI, PQ and detection-AP metrics per test image, against the ground truth."""
     input:
         instances=f"{RESULTS}/instances/{{model}}/{{dataset}}",
+        predictions=f"{RESULTS}/predictions/{{model}}/{{dataset}}",
         raw=raw_dataset_inputs,
     output:
         table=report(

@@ -6,5 +6,6 @@ from histoflow.pipeline import run_evaluate  # noqa: E402
 from histoflow.smk import run_logged  # noqa: E402
 
 run_logged(snakemake, lambda: run_evaluate(
-    snakemake.input.instances, snakemake.params.dataset, snakemake.output.table, snakemake.output.summary
+    snakemake.input.instances, snakemake.params.dataset, snakemake.output.table, snakemake.output.summary,
+    snakemake.input.predictions,
 ))
