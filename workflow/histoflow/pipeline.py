@@ -185,11 +185,12 @@ def run_predict(
 
     from .device import prepare_model, resolve_device
     from .models import load_model
-    from .tiling import predict_tiled
+    from .tiling import predict_tiled, tta_predictor
 
     dev = resolve_device(device)
     model, _spec = load_model(model_dir, dev)
     model = prepare_model(model, dev)
+    predictor = tta_predictor(lambda b: torch.sigmoid(model(b)), predict.get("tta", "none"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stem in stems:
@@ -197,7 +198,7 @@ def run_predict(
         x = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
         t0 = time.perf_counter()
         prob = predict_tiled(
-            lambda b: torch.sigmoid(model(b)), x, tile=predict["tile"], overlap=predict["overlap"],
+            predictor, x, tile=predict["tile"], overlap=predict["overlap"],
             batch_size=predict["batch_size"], blend=predict["blend"], device=dev,
         )[0]
         write_image(out / f"{stem}.tif", prob.astype(np.float32))

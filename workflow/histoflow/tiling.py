@@ -59,6 +59,56 @@ def blend_window(shape: tuple[int, int], mode: str = "gaussian", sigma_scale: fl
     return np.maximum(win, 1e-3).astype(np.float32)
 
 
+DIHEDRAL = ("identity", "rot90", "rot180", "rot270", "flip", "flip_rot90", "flip_rot180", "flip_rot270")
+TTA_PRESETS = {"none": ("identity",), "flips": ("identity", "flip", "rot180", "flip_rot180"), "dihedral": DIHEDRAL}
+
+
+def _dihedral(x: torch.Tensor, name: str, inverse: bool = False) -> torch.Tensor:
+    """Apply one of the 8 dihedral transforms (or its inverse) to the last two axes of ``x``."""
+    if name not in DIHEDRAL:
+        raise ValueError(f"unknown TTA transform {name!r}; choose from {', '.join(DIHEDRAL)}")
+    flip = name.startswith("flip")
+    k = {"identity": 0, "flip": 0, "rot90": 1, "rot180": 2, "rot270": 3}[name.removeprefix("flip_")]
+    if not inverse:
+        x = x.flip(-1) if flip else x
+        return torch.rot90(x, k, dims=(-2, -1))
+    x = torch.rot90(x, -k, dims=(-2, -1))
+    return x.flip(-1) if flip else x
+
+
+def tta_predictor(
+    predictor: Callable[[torch.Tensor], torch.Tensor], transforms: str | tuple[str, ...] = "dihedral"
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap ``predictor`` so it averages its outputs over dihedral test-time augmentations.
+
+    ``transforms``: a preset (``none``, ``flips``, ``dihedral`` = all 8) or names from
+    :data:`DIHEDRAL`. Each transform is applied to the input batch, the output is mapped back by the
+    inverse transform, and the outputs are averaged, so an equivariant predictor (``x + 1``) is
+    returned unchanged. Works on any ``(B, C, H, W)`` batch; rotations by 90° need square tiles
+    (as :func:`predict_tiled` makes).
+    """
+    names = TTA_PRESETS[transforms] if isinstance(transforms, str) else tuple(transforms)
+    for n in names:
+        _dihedral(torch.zeros(1, 1), n)  # validate names early
+    if names == ("identity",):
+        return predictor
+
+    def wrapped(x: torch.Tensor) -> torch.Tensor:
+        return _pairwise_mean([_dihedral(predictor(_dihedral(x, n)).float(), n, inverse=True) for n in names])
+
+    return wrapped
+
+
+def _pairwise_mean(outs: list[torch.Tensor]) -> torch.Tensor:
+    """Mean by pairwise halving: exact (bitwise) when all inputs are equal and their count is a
+    power of two (1, 2, 4, 8 transforms), unlike a running sum."""
+    while len(outs) > 1:
+        if len(outs) % 2:
+            return torch.stack(outs).mean(0)
+        outs = [(a + b) / 2 for a, b in zip(outs[::2], outs[1::2], strict=True)]
+    return outs[0]
+
+
 def iter_tiles(height: int, width: int, tile: int, overlap: int) -> Iterator[tuple[int, int]]:
     """Yield ``(y, x)`` top-left corners of the tile grid."""
     for y in tile_starts(height, tile, overlap):
