@@ -33,7 +33,7 @@ def test_empty_config_gets_every_default():
     assert unet["arch"] == "unet" and unet["params"] == {}
     assert unet["train"]["epochs"] == 20 and unet["train"]["lr"] == 0.001
     assert unet["train"]["max_steps_per_epoch"] is None and unet["train"]["target"] == "masks"
-    assert unet["predict"] == {"tile": 256, "overlap": 64, "batch_size": 4, "blend": "gaussian"}
+    assert unet["predict"] == {"tile": 256, "overlap": 64, "batch_size": 4, "blend": "gaussian", "tta": "none"}
     assert cfg["postprocess"]["threshold"] is None and cfg["postprocess"]["split"] == "watershed"
     assert cfg["report"]["dpi"] == 100
     assert validate_config(None) == cfg
