@@ -13,7 +13,6 @@ import histoflow.train as train_mod
 from histoflow.models import build_model
 from histoflow.train import (
     TrainConfig,
-    augment_batch,
     choose_threshold,
     images_to_tensor,
     lr_lambda,
@@ -84,45 +83,6 @@ def test_soft_dice_hand_value():
     target = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
     # inter = 1, sum p = 2, sum t = 2 -> 1 - (2 + 1) / (4 + 1)
     assert float(soft_dice_loss(logits, target, torch.ones_like(target))) == pytest.approx(0.4, rel=1e-6)
-
-
-# ---------------------------------------------------------------------------------------------
-# augmentation
-
-
-def _dihedral(t: torch.Tensor) -> list[torch.Tensor]:
-    return [torch.rot90(t.flip(-1) if c & 4 else t, c & 3, dims=(-2, -1)) for c in range(8)]
-
-
-def test_augment_batch_keeps_alignment_and_is_exact():
-    gen = torch.Generator().manual_seed(0)
-    n, size = 32, 9
-    # Unique pixel values so each sample's transform can be identified exactly.
-    image = torch.stack([torch.randperm(3 * size * size, generator=gen).float() for _ in range(n)])
-    image = image.reshape(n, 3, size, size) / (3 * size * size)
-    label = (image[:, :1] > 0.5).float()
-    weight = torch.arange(n * size * size, dtype=torch.float32).reshape(n, 1, size, size)
-    before = (image.clone(), label.clone(), weight.clone())
-    img_a, lab_a, w_a = augment_batch(image, label, weight, generator=torch.Generator().manual_seed(3))
-    # Inputs are not modified in place.
-    for a, b in zip((image, label, weight), before, strict=True):
-        assert torch.equal(a, b)
-    assert img_a.shape == image.shape and lab_a.shape == label.shape and w_a.shape == weight.shape
-    # The label is still the thresholded image: image and targets got the same transform.
-    assert torch.equal(lab_a, (img_a[:, :1] > 0.5).float())
-    codes = []
-    for i in range(n):
-        # Exact permutation of pixels (no interpolation), and one of the 8 dihedral transforms ...
-        assert torch.equal(img_a[i].flatten().sort().values, image[i].flatten().sort().values)
-        matches = [c for c, t in enumerate(_dihedral(image[i])) if torch.equal(t, img_a[i])]
-        assert len(matches) == 1
-        # ... the same one for every tensor.
-        assert torch.equal(w_a[i], _dihedral(weight[i])[matches[0]])
-        codes.append(matches[0])
-    assert len(set(codes)) >= 6  # 32 draws from 8 transforms: (almost) all of them appear
-    # Same generator seed, same transforms.
-    again = augment_batch(image, label, weight, generator=torch.Generator().manual_seed(3))
-    assert all(torch.equal(a, b) for a, b in zip(again, (img_a, lab_a, w_a), strict=True))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -146,8 +146,27 @@ def run_train(
     }
     write_history_tsv(result["history"], out / "history.tsv")
     plot_history(result["history"], out / "curves.png")
+    plot_augmentation_examples(train, cfg, out / "augmented.png")
     save_model(model.cpu(), spec, out)
     return spec
+
+
+def plot_augmentation_examples(train: dict[str, np.ndarray], cfg, path: Path, n: int = 6) -> None:
+    """Save a figure of ``n`` augmented training patches with their targets outlined."""
+    import torch
+
+    from .augment import augment, augment_config
+    from .report import plot_augmented
+    from .train import images_to_tensor
+
+    k = min(n, len(train["images"]))
+    x = images_to_tensor(train["images"][:k])
+    y = torch.from_numpy(train[cfg.target][:k]).float()[:, None]
+    aug = augment_config(cfg.augment)
+    xa, (ya,) = augment(x, [y], aug, torch.Generator().manual_seed(cfg.seed))
+    images = (xa.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    name = cfg.augment if isinstance(cfg.augment, str) else ("dihedral" if cfg.augment is True else cfg.augment)
+    plot_augmented(images, ya[:, 0].numpy(), path, title=f"augmented training patches ({name}); outlines = {cfg.target}")
 
 
 def train_with_oom_fallback(model, train, val, cfg, dev, checkpoint: Path, model_cfg: dict[str, Any]):

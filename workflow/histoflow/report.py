@@ -84,6 +84,24 @@ def plot_history(history: list[dict[str, float]], path: PathLike, dpi: int = 100
     _save(fig, path, dpi)
 
 
+def plot_augmented(images: np.ndarray, masks: np.ndarray, path: PathLike, title: str = "", dpi: int = 100) -> None:
+    """A row of augmented training patches ``(N, H, W, 3)`` with their masks ``(N, H, W)`` outlined, so a
+    user sees what the model trained on."""
+    from skimage.segmentation import find_boundaries
+
+    plt = _plt()
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.5), squeeze=False)
+    for a, img, m in zip(axes[0], images, masks, strict=True):
+        shown = img.copy()
+        shown[find_boundaries(m > 0, mode="inner")] = (255, 230, 0)
+        a.imshow(shown)
+        a.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path, dpi)
+
+
 def _save(fig, path: PathLike, dpi: int) -> None:
     plt = _plt()
     with atomic_path(path) as tmp:
@@ -227,6 +245,9 @@ def build_report(
                      f"(pixel Dice {spec['val_dice']:.3f}); trained {spec['train_seconds']:.0f} s on "
                      f"{html.escape(spec['device'])}.</p>")
         parts.append(_img_tag(Path(results) / "models" / m / "curves.png"))
+        aug = Path(results) / "models" / m / "augmented.png"
+        if aug.exists():
+            parts.append(_img_tag(aug))
 
     parts.append("<h2>Predictions on test images</h2>")
     for m in models:

@@ -3,7 +3,7 @@
 The loop is a handful of small functions rather than a trainer class:
 
 - :func:`segmentation_loss` – the loss on logits and targets;
-- :func:`augment_batch` – random dihedral transforms applied identically to image and targets,
+- augmentation (:mod:`histoflow.augment`) – presets applied identically to image and targets,
   batched on the training device;
 - :func:`train_model` – epochs, validation, checkpoints (every epoch, atomic, resumed from
   automatically), training curves and the validation-chosen threshold.
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .augment import augment, augment_config
 from .device import autocast, prepare_model, to_device
 from .io import atomic_path
 
@@ -52,7 +53,7 @@ class TrainConfig:
     dice_weight: float = 1.0
     use_weight_map: bool = True
     target: str = "masks"
-    augment: bool = True
+    augment: bool | str | dict = True  # true = "dihedral"; a preset name; or {preset: ..., field: value}
     seed: int = 0
     max_steps_per_epoch: int | None = None
     thresholds: list[float] = field(default_factory=lambda: [round(t, 2) for t in np.arange(0.1, 0.91, 0.05)])
@@ -62,6 +63,7 @@ class TrainConfig:
             raise ValueError(f"train.target must be one of {TARGETS}, got {self.target!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("train.epochs, train.batch_size must be >= 1 and train.lr > 0")
+        augment_config(self.augment)  # fail early on an unknown preset or field
 
 
 def seed_everything(seed: int) -> None:
@@ -102,23 +104,6 @@ def segmentation_loss(
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     bce = (bce * weights).sum() / weights.sum().clamp_min(1e-6)
     return bce_weight * bce + dice_weight * soft_dice_loss(logits, target, valid)
-
-
-def augment_batch(*tensors: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Apply one random dihedral transform (of 8) per sample, identically to all ``(N, C, H, W)`` tensors.
-
-    Patches are square, so rotations keep shapes. Exact (no interpolation): labels stay labels.
-    """
-    n = tensors[0].shape[0]
-    codes = torch.randint(0, 8, (n,), generator=generator).tolist()
-    out = [t.clone() for t in tensors]
-    for i, c in enumerate(codes):
-        for t in out:
-            s = t[i]
-            if c & 4:
-                s = s.flip(-1)
-            t[i] = torch.rot90(s, c & 3, dims=(-2, -1))
-    return tuple(out)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -242,7 +227,8 @@ def train_model(
     n = len(x_train)
     if n == 0:
         raise ValueError("the patch store has no training patches: add images or lower val_fraction")
-    steps = math.ceil(n / cfg.batch_size)
+    aug = augment_config(cfg.augment)
+    steps = math.ceil(n * aug.repeats / cfg.batch_size)
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     total_steps = steps * cfg.epochs
@@ -282,15 +268,14 @@ def train_model(
             model.train()
             t0 = time.perf_counter()
             if start_step == 0:
-                perm, losses = torch.randperm(n, generator=gen), []
+                perm = torch.cat([torch.randperm(n, generator=gen) for _ in range(aug.repeats)])
+                losses = []
             bar = tqdm(range(start_step, steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                        mininterval=10)
             for step in bar:
-                idx = perm[(step * cfg.batch_size) % n :][: cfg.batch_size]
-                xb, yb, wb = x_train[idx], y_train[idx], w_train[idx]
-                if cfg.augment:
-                    xb, yb, wb = augment_batch(xb, yb, wb, generator=gen)
-                xb, yb, wb = to_device(xb, device), yb.to(device), wb.to(device)
+                idx = perm[(step * cfg.batch_size) % len(perm) :][: cfg.batch_size]
+                xb, yb, wb = to_device(x_train[idx], device), y_train[idx].to(device), w_train[idx].to(device)
+                xb, (yb, wb) = augment(xb, [yb, wb], aug, gen)
                 with autocast(device):
                     logits = model(xb)
                 loss = segmentation_loss(logits, yb, wb, cfg.bce_weight, cfg.dice_weight)

@@ -12,6 +12,12 @@ rule train_model:
             category="Training",
             subcategory="{model}",
         ),
+        augmented=report(
+            f"{RESULTS}/models/{{model}}/augmented.png",
+            caption="../report/augmented.rst",
+            category="Training",
+            subcategory="{model}",
+        ),
     params:
         model=lambda wc: config["models"][wc.model],
         seed=config["seed"],
