@@ -216,3 +216,16 @@ def test_resolve_datasets_generator_and_roles(tmp_path):
         resolve_datasets(config)
     config["datasets"]["demo"]["split"] = "auto"
     assert set(resolve_datasets(config)) == {"demo"}
+
+
+def test_ensembles_are_checked_against_models():
+    from histoflow.config import ConfigError, check_ensembles
+
+    base = {"models": {"a": {"arch": "unet"}, "b": {"arch": "unet"}}}
+    assert check_ensembles(validate_config({**base, "ensembles": {"ab": {"members": ["a", "b"]}}})) == ["ab"]
+    with pytest.raises(ConfigError, match=r"ensembles.ab.members.*\['c'\]"):
+        check_ensembles(validate_config({**base, "ensembles": {"ab": {"members": ["a", "c"]}}}))
+    with pytest.raises(ConfigError, match="already a model"):
+        check_ensembles(validate_config({**base, "ensembles": {"a": {"members": ["a", "b"]}}}))
+    with pytest.raises(ConfigError, match="one weight per member"):
+        check_ensembles(validate_config({**base, "ensembles": {"ab": {"members": ["a", "b"], "weights": [1]}}}))

@@ -6,12 +6,15 @@ check that ``snakemake -n`` lists exactly the jobs an edit should trigger.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +34,7 @@ TINY = {
         "b": {"arch": "unet", "params": {"base_width": 4, "depth": 2}, "train": {"epochs": 1, "batch_size": 4},
               "predict": {"tile": 64, "overlap": 16}},
     },
+    "ensembles": {"ab": {"members": ["a", "b"]}},
     "report": {"n_overlays": 1},
 }
 
@@ -115,11 +119,18 @@ def test_tiny_run_produces_everything(tiny_run):
     html = (r / "report.html").read_text()
     for text in ("object F1", "Training", "Runtimes", "Stain normalization", "data:image/png;base64"):
         assert text in html
+    for m in ("a", "b", "ab"):
+        table = (r / "metrics" / m / "demo.tsv").read_text().splitlines()
+        assert table[0].startswith("image\t") and len(table) == 1 + 2  # 2 test images of 6
+    ens = json.loads((r / "models" / "ab" / "spec.json").read_text())
+    specs = [json.loads((r / "models" / m / "spec.json").read_text()) for m in ("a", "b")]
+    assert ens["threshold"] == pytest.approx((specs[0]["threshold"] + specs[1]["threshold"]) / 2)
+    pa, pb, pab = (tifffile.imread(next((r / "predictions" / m / "demo").glob("*.tif"))) for m in ("a", "b", "ab"))
+    np.testing.assert_allclose(pab, (pa + pb) / 2, atol=1e-6)
     for m in ("a", "b"):
         assert (r / "models" / m / "model.pt").exists()
         assert (r / "models" / m / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        table = (r / "metrics" / m / "demo.tsv").read_text().splitlines()
-        assert table[0].startswith("image\t") and len(table) == 1 + 2  # 2 test images of 6
+        assert (r / "models" / m / "augmented.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((r / "report_figures").glob("*.png"))
     assert (r / "logs" / "train_model" / "a.log").read_text().strip()
     assert (r / "benchmarks" / "train_model" / "a.tsv").exists()
@@ -164,16 +175,21 @@ def test_model_edit_reruns_only_that_model(tiny_run):
     assert jobs == {
         "train_model[model=b]", "predict[model=b, dataset=demo]", "postprocess[model=b, dataset=demo]",
         "evaluate[model=b, dataset=demo]", "report", "all",
+        # the ensemble that contains b, and nothing of a
+        "ensemble_spec[model=ab]", "ensemble_predict[model=ab, dataset=demo]",
+        "postprocess[model=ab, dataset=demo]", "evaluate[model=ab, dataset=demo]",
     }
 
 
 @pytest.mark.slow
 def test_stain_edit_reruns_everything_downstream(tiny_run):
     jobs = _jobs_after_edit(tiny_run, lambda c: c["stain"].update(method="reinhard"))
-    expected = {"fit_stain", "normalize_stain[dataset=demo]", "extract_patches", "report", "all"}
+    expected = {"fit_stain", "normalize_stain[dataset=demo]", "extract_patches", "report", "all",
+                "ensemble_spec[model=ab]", "ensemble_predict[model=ab, dataset=demo]"}
     for m in ("a", "b"):
-        expected |= {f"train_model[model={m}]", f"predict[model={m}, dataset=demo]",
-                     f"postprocess[model={m}, dataset=demo]", f"evaluate[model={m}, dataset=demo]"}
+        expected |= {f"train_model[model={m}]", f"predict[model={m}, dataset=demo]"}
+    for m in ("a", "b", "ab"):
+        expected |= {f"postprocess[model={m}, dataset=demo]", f"evaluate[model={m}, dataset=demo]"}
     assert jobs == expected
 
 

@@ -84,3 +84,19 @@ def canonical(obj: Any) -> Any:
     if isinstance(obj, list):
         return [canonical(v) for v in obj]
     return obj
+
+
+def check_ensembles(config: dict[str, Any]) -> list[str]:
+    """Names of the configured ensembles, after checking their members are trained models."""
+    names = []
+    for name, ens in config.get("ensembles", {}).items():
+        if name in config["models"]:
+            raise ConfigError(f"config.yaml is invalid:\n  ensembles.{name}: the name is already a model's name")
+        unknown = [m for m in ens["members"] if m not in config["models"]]
+        if unknown:
+            raise ConfigError(f"config.yaml is invalid:\n  ensembles.{name}.members: {unknown} are not in models "
+                              f"(choose from {sorted(config['models'])})")
+        if "weights" in ens and len(ens["weights"]) != len(ens["members"]):
+            raise ConfigError(f"config.yaml is invalid:\n  ensembles.{name}.weights: give one weight per member")
+        names.append(name)
+    return names

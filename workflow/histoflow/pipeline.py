@@ -224,6 +224,32 @@ def run_predict(
         log.info("%s: %dx%d in %.2fs", stem, image.shape[0], image.shape[1], time.perf_counter() - t0)
 
 
+def run_ensemble_predict(member_dirs: list[PathLike], weights: list[float] | None, out_dir: PathLike) -> None:
+    """Average the members' probability maps (``<stem>.tif`` in every member folder), weighted."""
+    from .io import read_image
+
+    w = np.asarray(weights if weights else [1.0] * len(member_dirs), np.float64)
+    w = w / w.sum()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stems = sorted(p.stem for p in Path(member_dirs[0]).glob("*.tif"))
+    for stem in stems:
+        acc = sum(wi * read_image(Path(d) / f"{stem}.tif").astype(np.float64) for wi, d in zip(w, member_dirs, strict=True))
+        write_image(out / f"{stem}.tif", np.asarray(acc, np.float32))
+    log.info("averaged %d members over %d images (weights %s)", len(member_dirs), len(stems), w.round(3).tolist())
+
+
+def run_ensemble_spec(member_specs: list[PathLike], members: list[str], weights: list[float] | None,
+                      out_json: PathLike) -> None:
+    w = np.asarray(weights if weights else [1.0] * len(members), np.float64)
+    w = w / w.sum()
+    specs = [read_json(p) for p in member_specs]
+    write_json(out_json, {
+        "arch": "ensemble", "members": members, "weights": w.tolist(),
+        "threshold": float(sum(wi * s["threshold"] for wi, s in zip(w, specs, strict=True))),
+    })
+
+
 def run_postprocess(pred_dir: PathLike, spec_json: PathLike, cfg: dict[str, Any], out_dir: PathLike) -> None:
     from .io import read_image
     from .postprocess import PostprocessConfig, postprocess

@@ -216,9 +216,12 @@ th{background:#f4e8ee} tr:nth-child(even){background:#fafafa} pre{background:#f6
 
 def build_report(
     config: dict[str, Any], models: list[str], datasets: dict[str, dict[str, Any]], results: str,
-    options: dict[str, Any], out_html: PathLike, out_figures: PathLike,
+    options: dict[str, Any], out_html: PathLike, out_figures: PathLike, trained: list[str] | None = None,
 ) -> None:
-    """Assemble ``report.html`` and write the overlay PNGs into ``out_figures``."""
+    """Assemble ``report.html`` and write the overlay PNGs into ``out_figures``.
+
+    ``models`` are everything evaluated (trained models and ensembles); ``trained`` the subset with
+    training curves (default: all of ``models``)."""
     import yaml
 
     dpi = options["dpi"]
@@ -238,7 +241,7 @@ def build_report(
                  "mean probability (VOC all-point interpolation).</p>")
 
     parts.append("<h2>Training</h2>")
-    for m in models:
+    for m in trained if trained is not None else models:
         spec = read_json(Path(results) / "models" / m / "spec.json")
         parts.append(f"<h3>{html.escape(m)} ({html.escape(spec['arch'])})</h3>")
         parts.append(f"<p class=note>threshold {spec['threshold']:.2f} chosen on validation patches "

@@ -5,6 +5,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from histoflow.config import validate_config  # noqa: E402
+from histoflow.config import check_ensembles  # noqa: E402
 from histoflow.datasets import resolve_datasets  # noqa: E402
 
 _full = validate_config(config)
@@ -14,6 +15,8 @@ config.update(_full)
 RESULTS = config["results"]
 DATASETS = resolve_datasets(config)
 MODELS = list(config["models"])
+ENSEMBLES = check_ensembles(config)
+PREDICTORS = MODELS + ENSEMBLES  # everything that is predicted, post-processed and evaluated
 TEST_DATASETS = [name for name, d in DATASETS.items() if d.test]
 TRAIN_DATASETS = [name for name, d in DATASETS.items() if d.train]
 ENV = "../../envs/histoflow.yaml"
@@ -21,7 +24,7 @@ ENV = "../../envs/histoflow.yaml"
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
-    model="|".join(MODELS),
+    model="|".join(PREDICTORS),
 
 
 def raw_inputs(name):
@@ -73,8 +76,19 @@ def dataset_table(names):
     }
 
 
+def ensemble_member_inputs(wildcards):
+    members = config["ensembles"][wildcards.model]["members"]
+    return {
+        "predictions": [f"{RESULTS}/predictions/{m}/{wildcards.dataset}" for m in members],
+    }
+
+
+def ensemble_spec_inputs(wildcards):
+    return [f"{RESULTS}/models/{m}/spec.json" for m in config["ensembles"][wildcards.model]["members"]]
+
+
 def report_inputs(wildcards):
-    pairs = [(m, d) for m in MODELS for d in TEST_DATASETS]
+    pairs = [(m, d) for m in PREDICTORS for d in TEST_DATASETS]
     return {
         "metrics": [f"{RESULTS}/metrics/{m}/{d}.tsv" for m, d in pairs],
         "instances": [f"{RESULTS}/instances/{m}/{d}" for m, d in pairs],

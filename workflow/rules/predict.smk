@@ -1,5 +1,7 @@
 rule predict:
     """Tiled, blended inference: one probability map (float32 TIFF) per test image."""
+    wildcard_constraints:
+        model="|".join(MODELS),
     input:
         model=f"{RESULTS}/models/{{model}}/model.pt",
         spec=f"{RESULTS}/models/{{model}}/spec.json",
@@ -21,6 +23,47 @@ rule predict:
         ENV
     script:
         "../scripts/predict.py"
+
+
+rule ensemble_predict:
+    """An ensemble's probability maps: the (weighted) mean of its members' maps."""
+    wildcard_constraints:
+        model="|".join(ENSEMBLES) or "^$",
+    input:
+        unpack(ensemble_member_inputs),
+    output:
+        directory(f"{RESULTS}/predictions/{{model}}/{{dataset}}"),
+    params:
+        weights=lambda wc: config["ensembles"][wc.model].get("weights"),
+    log:
+        f"{RESULTS}/logs/ensemble_predict/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ensemble_predict/{{model}}/{{dataset}}.tsv"
+    threads: 1
+    conda:
+        ENV
+    script:
+        "../scripts/ensemble_predict.py"
+
+
+rule ensemble_spec:
+    """An ensemble's spec: its members and the weighted mean of their thresholds."""
+    wildcard_constraints:
+        model="|".join(ENSEMBLES) or "^$",
+    input:
+        ensemble_spec_inputs,
+    output:
+        f"{RESULTS}/models/{{model}}/spec.json",
+    params:
+        members=lambda wc: config["ensembles"][wc.model]["members"],
+        weights=lambda wc: config["ensembles"][wc.model].get("weights"),
+    log:
+        f"{RESULTS}/logs/ensemble_spec/{{model}}.log",
+    threads: 1
+    conda:
+        ENV
+    script:
+        "../scripts/ensemble_spec.py"
 
 
 rule postprocess:

@@ -12,7 +12,8 @@ rule report:
         ),
     params:
         report=config["report"],
-        models=MODELS,
+        models=PREDICTORS,
+        trained=MODELS,
         datasets=lambda wc: dataset_table(TEST_DATASETS),
         results=lambda wc, input: str(Path(input.stain).parent.parent),
     log:

@@ -1,5 +1,7 @@
 rule train_model:
     """Train one configured model; checkpoints every epoch and resumes after an interruption."""
+    wildcard_constraints:
+        model="|".join(MODELS),
     input:
         store=f"{RESULTS}/patches/patches.h5",
     output:

@@ -8,6 +8,7 @@ from histoflow.smk import run_logged  # noqa: E402
 run_logged(snakemake, lambda: build_report(
     config=snakemake.config,
     models=snakemake.params.models,
+    trained=snakemake.params.trained,
     datasets=snakemake.params.datasets,
     results=snakemake.params.results,
     options=snakemake.params.report,
