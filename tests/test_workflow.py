@@ -197,3 +197,12 @@ def test_stain_edit_reruns_everything_downstream(tiny_run):
 def test_report_edit_reruns_only_the_report(tiny_run):
     jobs = _jobs_after_edit(tiny_run, lambda c: c["report"].update(n_overlays=2, overlay_alpha=0.3))
     assert jobs == {"report", "all"}
+
+
+@pytest.mark.slow
+def test_postprocess_edit_reruns_postprocess_evaluate_and_report(tiny_run):
+    jobs = _jobs_after_edit(tiny_run, lambda c: c.setdefault("postprocess", {}).update(graphcut=True))
+    expected = {"report", "all"}
+    for m in ("a", "b", "ab"):
+        expected |= {f"postprocess[model={m}, dataset=demo]", f"evaluate[model={m}, dataset=demo]"}
+    assert jobs == expected

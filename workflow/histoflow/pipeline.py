@@ -250,17 +250,23 @@ def run_ensemble_spec(member_specs: list[PathLike], members: list[str], weights:
     })
 
 
-def run_postprocess(pred_dir: PathLike, spec_json: PathLike, cfg: dict[str, Any], out_dir: PathLike) -> None:
+def run_postprocess(
+    pred_dir: PathLike, spec_json: PathLike, cfg: dict[str, Any], out_dir: PathLike,
+    normalized_dir: PathLike | None = None,
+) -> None:
+    """Probability maps → instance label TIFFs (uint16, or uint32 past 65535 objects)."""
     from .io import read_image
     from .postprocess import PostprocessConfig, postprocess
 
     pp = PostprocessConfig(**cfg)
     default_th = float(read_json(spec_json).get("threshold", 0.5))
-    log.info("threshold: %s", pp.threshold if pp.threshold is not None else f"{default_th} (validation-chosen)")
+    log.info("threshold: %s%s", pp.threshold if pp.threshold is not None else f"{default_th} (validation-chosen)",
+             f"; graph cut gamma={pp.gamma} sigma={pp.sigma} delta={pp.delta}" if pp.graphcut else "")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for p in sorted(Path(pred_dir).glob("*.tif")):
-        labels = postprocess(read_image(p), pp, default_th)
+        image = read_rgb(Path(normalized_dir) / f"{p.stem}.png") if (pp.graphcut and normalized_dir) else None
+        labels = postprocess(read_image(p), pp, default_th, image)
         write_image(out / f"{p.stem}.tif", labels.astype(np.uint16 if labels.max() < 65536 else np.uint32))
 
 

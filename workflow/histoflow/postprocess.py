@@ -21,6 +21,8 @@ class PostprocessConfig:
         ``"components"`` keeps connected components as they are.
     h: marker height for the watershed (in pixels of distance): maxima of the distance transform
         lower than ``h`` above their surroundings merge, so larger ``h`` splits less.
+    graphcut: replace plain thresholding by a graph cut (:func:`histoflow.graphcut.graphcut`) that
+        smooths the mask along image edges; ``gamma``, ``sigma``, ``delta`` are its weights.
     """
 
     threshold: float | None = None
@@ -28,6 +30,10 @@ class PostprocessConfig:
     max_hole: int = 50
     split: str = "watershed"
     h: float = 2.0
+    graphcut: bool = False
+    gamma: float = 1.0
+    sigma: float = 0.1
+    delta: float = 0.0
 
     def __post_init__(self) -> None:
         if self.split not in ("watershed", "components"):
@@ -92,8 +98,28 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-def postprocess(prob: np.ndarray, cfg: PostprocessConfig, default_threshold: float = 0.5) -> np.ndarray:
-    """The whole stage: probability ``(H, W)`` → instance labels ``int32 (H, W)``."""
+def recentre(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """Monotone piecewise-linear map of probabilities that sends ``threshold`` to 0.5 (0 and 1 stay),
+    so an energy whose decision point is 0.5 decides at the chosen threshold."""
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    p = prob.astype(np.float32)
+    return np.where(p < threshold, 0.5 * p / threshold, 0.5 + 0.5 * (p - threshold) / (1 - threshold))
+
+
+def postprocess(
+    prob: np.ndarray, cfg: PostprocessConfig, default_threshold: float = 0.5, image: np.ndarray | None = None
+) -> np.ndarray:
+    """The whole stage: probability ``(H, W)`` → instance labels ``int32 (H, W)``.
+
+    With ``cfg.graphcut`` the mask comes from a graph cut on the probabilities recentred at the
+    threshold, with contrast weights from ``image`` (``(H, W, 3)`` uint8, optional)."""
     th = cfg.threshold if cfg.threshold is not None else default_threshold
-    mask = binarize(prob, th, cfg.min_size, cfg.max_hole)
+    if cfg.graphcut:
+        from .graphcut import graphcut
+
+        cut = graphcut(recentre(prob, th), image, gamma=cfg.gamma, sigma=cfg.sigma, delta=cfg.delta)
+        mask = binarize(cut.astype(np.float32), 0.5, cfg.min_size, cfg.max_hole)
+    else:
+        mask = binarize(prob, th, cfg.min_size, cfg.max_hole)
     return instances_from_mask(mask, cfg.split, cfg.h, cfg.min_size)

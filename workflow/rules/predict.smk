@@ -67,10 +67,11 @@ rule ensemble_spec:
 
 
 rule postprocess:
-    """Threshold, clean up and separate instances (watershed on the distance transform)."""
+    """Threshold (or graph-cut), clean up and separate instances (watershed on the distance transform)."""
     input:
         predictions=f"{RESULTS}/predictions/{{model}}/{{dataset}}",
         spec=f"{RESULTS}/models/{{model}}/spec.json",
+        normalized=f"{RESULTS}/normalized/{{dataset}}",
     output:
         directory(f"{RESULTS}/instances/{{model}}/{{dataset}}"),
     params:

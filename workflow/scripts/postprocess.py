@@ -6,5 +6,6 @@ from histoflow.pipeline import run_postprocess  # noqa: E402
 from histoflow.smk import run_logged  # noqa: E402
 
 run_logged(snakemake, lambda: run_postprocess(
-    snakemake.input.predictions, snakemake.input.spec, snakemake.params.postprocess, snakemake.output[0]
+    snakemake.input.predictions, snakemake.input.spec, snakemake.params.postprocess, snakemake.output[0],
+    snakemake.input.normalized,
 ))
