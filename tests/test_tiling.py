@@ -241,3 +241,22 @@ def test_predict_tiled_conv_model_exact_away_from_tile_seams(tiny_unet):
     # that down: the mean error over the whole image stays small, and below the constant window's.
     assert errors["gaussian"] < 0.02 and errors["cosine"] < 0.02
     assert errors["gaussian"] < errors["constant"] and errors["cosine"] < errors["constant"]
+
+
+def test_context_tiles_are_aligned_and_exact():
+    """With ``context``, the predictor sees c extra pixels per side and returns the centre only."""
+    rng = np.random.default_rng(0)
+    img = rng.random((2, 77, 90)).astype(np.float32)
+    c = 12
+    out = predict_tiled(lambda t: t[:, :, c:-c, c:-c] + 1, img, tile=32, overlap=8, context=c)
+    np.testing.assert_allclose(out, img + 1, atol=1e-5)
+    # A predictor that reads the pixel one row above proves the context is the true neighbourhood.
+    up = predict_tiled(lambda t: t[:, :, c - 1 : -c - 1, c:-c], img, tile=32, overlap=8, context=c)
+    np.testing.assert_allclose(up[:, 1:], img[:, :-1], atol=1e-5)
+    np.testing.assert_allclose(up[:, 0], img[:, 1], atol=1e-5)  # reflect padding above the first row
+
+
+def test_context_with_image_smaller_than_tile():
+    img = np.random.default_rng(1).random((1, 20, 25)).astype(np.float32)
+    out = predict_tiled(lambda t: t[:, :, 8:-8, 8:-8] * 2, img, tile=32, overlap=8, context=8)
+    np.testing.assert_allclose(out, img * 2, atol=1e-5)

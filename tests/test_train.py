@@ -282,3 +282,13 @@ def test_checkpoint_from_other_settings_is_ignored(data, tmp_path):
     # Same hyper-parameters, other run key (e.g. another model config): ignored as well.
     other = train_model(tiny_unet(), train, val, cfg4, CPU, ckpt, run_key="other", progress=False)
     assert [h["epoch"] for h in other["history"]] == [1, 2, 3, 4]
+
+
+def test_centre_crop_for_models_that_predict_the_centre():
+    from histoflow.train import centre_crop
+
+    t = torch.arange(36).reshape(1, 6, 6)
+    assert torch.equal(centre_crop(t, (2, 2)), torch.tensor([[[14, 15], [20, 21]]]))
+    assert centre_crop(np.zeros((8, 8)), (8, 8)).shape == (8, 8)
+    with pytest.raises(ValueError):
+        centre_crop(t, (3, 3))  # odd margin: not centred

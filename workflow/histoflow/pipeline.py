@@ -219,6 +219,7 @@ def run_predict(
         prob = predict_tiled(
             predictor, x, tile=predict["tile"], overlap=predict["overlap"],
             batch_size=predict["batch_size"], blend=predict["blend"], device=dev,
+            context=(getattr(model, "context_factor", 1) - 1) * predict["tile"] // 2,
         )[0]
         write_image(out / f"{stem}.tif", prob.astype(np.float32))
         log.info("%s: %dx%d in %.2fs", stem, image.shape[0], image.shape[1], time.perf_counter() - t0)

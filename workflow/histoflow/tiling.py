@@ -126,6 +126,7 @@ def predict_tiled(
     device: torch.device | str = "cpu",
     out_channels: int | None = None,
     progress: bool = False,
+    context: int = 0,
 ) -> np.ndarray:
     """Run ``predictor`` over ``image`` in overlapping tiles and blend the outputs.
 
@@ -143,6 +144,11 @@ def predict_tiled(
     batch_size:
         Tiles per forward pass; halved automatically (and the batch retried) on a CUDA out-of-memory
         error, so a too-large setting slows a job down instead of failing it.
+    context:
+        Extra pixels on every side of each tile that the predictor receives but does not predict, for
+        models whose output covers only the centre of their input (multi-field-of-view nets): the
+        predictor then maps ``(B, C, t + 2·context, t + 2·context)`` to ``(B, K, t, t)``. The image is
+        reflect-padded by ``context`` so border tiles get context too.
 
     Returns
     -------
@@ -161,6 +167,11 @@ def predict_tiled(
     th = tw = tile
     window = torch.from_numpy(blend_window((th, tw), blend))
     coords = list(iter_tiles(hp, wp, tile, overlap))
+    if context < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+    if context:
+        mode = "reflect" if context < min(hp, wp) else "replicate"
+        x = torch.nn.functional.pad(x[None], (context,) * 4, mode=mode)[0]
     device = torch.device(device)
     acc: torch.Tensor | None = None
     norm = torch.zeros((hp, wp), dtype=torch.float32)
@@ -168,7 +179,7 @@ def predict_tiled(
     start = 0
     while start < len(coords):
         batch_coords = coords[start : start + batch_size]
-        batch = torch.stack([x[:, y : y + th, xx : xx + tw] for y, xx in batch_coords])
+        batch = torch.stack([x[:, y : y + th + 2 * context, xx : xx + tw + 2 * context] for y, xx in batch_coords])
         try:
             with torch.inference_mode(), autocast(device):
                 out = predictor(to_device(batch, device))

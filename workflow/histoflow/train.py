@@ -184,6 +184,19 @@ def predict_batches(model: nn.Module, images: torch.Tensor, device: torch.device
     return torch.cat(out)
 
 
+def centre_crop(t, size: tuple[int, int]):
+    """The centred ``size`` window of the last two axes of ``t`` (tensor or array): the targets of a
+    model whose output covers only the centre of its input (multi-field-of-view nets)."""
+    h, w = t.shape[-2:]
+    oh, ow = int(size[0]), int(size[1])
+    if (oh, ow) == (h, w):
+        return t
+    if oh > h or ow > w or (h - oh) % 2 or (w - ow) % 2:
+        raise ValueError(f"cannot centre-crop {(h, w)} to {(oh, ow)}")
+    y, x = (h - oh) // 2, (w - ow) // 2
+    return t[..., y : y + oh, x : x + ow]
+
+
 def choose_threshold(prob: np.ndarray, target: np.ndarray, valid: np.ndarray, thresholds: list[float]) -> tuple[float, float]:
     """Threshold maximising pixel Dice on the validation patches; returns ``(threshold, dice)``."""
     p, t = prob[valid], target[valid].astype(bool)
@@ -278,6 +291,7 @@ def train_model(
                 xb, (yb, wb) = augment(xb, [yb, wb], aug, gen)
                 with autocast(device):
                     logits = model(xb)
+                yb, wb = centre_crop(yb, logits.shape[-2:]), centre_crop(wb, logits.shape[-2:])
                 loss = segmentation_loss(logits, yb, wb, cfg.bce_weight, cfg.dice_weight)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -306,7 +320,9 @@ def train_model(
     threshold, val_dice = 0.5, float("nan")
     if val_data is not None and len(val_data["images"]):
         prob = predict_batches(model, images_to_tensor(val_data["images"]), device, cfg.batch_size)[:, 0].numpy()
-        threshold, val_dice = choose_threshold(prob, val_data[cfg.target], val_data["weights"] > 0, cfg.thresholds)
+        target = centre_crop(val_data[cfg.target], prob.shape[-2:])
+        valid = centre_crop(val_data["weights"], prob.shape[-2:]) > 0
+        threshold, val_dice = choose_threshold(prob, target, valid, cfg.thresholds)
         log.info("validation-chosen threshold %.2f (pixel Dice %.4f)", threshold, val_dice)
     return {"history": history, "threshold": threshold, "val_dice": val_dice}
 
@@ -323,7 +339,8 @@ def _validate(model: nn.Module, val: dict[str, np.ndarray], cfg: TrainConfig, de
         for i in range(0, len(x), cfg.batch_size):
             with autocast(device):
                 logits = model(to_device(x[i : i + cfg.batch_size], device)).float().cpu()
-            yb, wb = y[i : i + cfg.batch_size], w[i : i + cfg.batch_size]
+            yb = centre_crop(y[i : i + cfg.batch_size], logits.shape[-2:])
+            wb = centre_crop(w[i : i + cfg.batch_size], logits.shape[-2:])
             total += float(segmentation_loss(logits, yb, wb, cfg.bce_weight, cfg.dice_weight)) * len(yb)
             pb = (logits > 0).float() * (wb > 0)
             dice_num += float(2 * (pb * yb).sum())
