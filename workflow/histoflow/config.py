@@ -20,27 +20,40 @@ def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
-def fill_defaults(instance: Any, schema: dict[str, Any]) -> Any:
+def fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
     """Return a copy of ``instance`` with every schema ``default`` filled in, recursively.
 
-    Handles ``properties`` and schema-valued ``additionalProperties`` (so each model and dataset
-    entry gets its own defaults), which plain jsonschema validation does not do.
+    Handles ``properties``, schema-valued ``additionalProperties`` (so each model and dataset entry
+    gets its own defaults) and local ``$ref``s (``#/...``), which plain jsonschema validation does not.
     """
+    root = schema if root is None else root
+    schema = _resolve(schema, root)
     if not isinstance(instance, dict) or not isinstance(schema, dict):
         return instance
     out = dict(instance)
     props = schema.get("properties", {})
     for key, sub in props.items():
+        sub = _resolve(sub, root)
         if key not in out and "default" in sub:
             out[key] = copy.deepcopy(sub["default"])
         if key in out:
-            out[key] = fill_defaults(out[key], sub)
+            out[key] = fill_defaults(out[key], sub, root)
     extra = schema.get("additionalProperties")
     if isinstance(extra, dict):
         for key in out:
             if key not in props:
-                out[key] = fill_defaults(out[key], extra)
+                out[key] = fill_defaults(out[key], extra, root)
     return out
+
+
+def _resolve(schema: Any, root: dict[str, Any]) -> Any:
+    """Follow a local ``$ref`` (``#/a/b``) to its target schema."""
+    while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("#/"):
+        target: Any = root
+        for part in schema["$ref"][2:].split("/"):
+            target = target[part]
+        schema = target
+    return schema
 
 
 def _path(err: jsonschema.ValidationError) -> str:

@@ -17,6 +17,8 @@ DATASETS = resolve_datasets(config)
 MODELS = list(config["models"])
 ENSEMBLES = check_ensembles(config)
 PREDICTORS = MODELS + ENSEMBLES  # everything that is predicted, post-processed and evaluated
+VOLUMES = list(config["volumes"])
+VOLUME_MODELS = list(config["volume_models"]) if VOLUMES else []
 TEST_DATASETS = [name for name, d in DATASETS.items() if d.test]
 TRAIN_DATASETS = [name for name, d in DATASETS.items() if d.train]
 ENV = "../../envs/histoflow.yaml"
@@ -25,6 +27,8 @@ ENV = "../../envs/histoflow.yaml"
 wildcard_constraints:
     dataset="|".join(DATASETS),
     model="|".join(PREDICTORS),
+    volume="|".join(VOLUMES) or "^$",
+    vmodel="|".join(VOLUME_MODELS) or "^$",
 
 
 def raw_inputs(name):
@@ -87,6 +91,33 @@ def ensemble_spec_inputs(wildcards):
     return [f"{RESULTS}/models/{m}/spec.json" for m in config["ensembles"][wildcards.model]["members"]]
 
 
+def volume_data(wildcards):
+    """The generated data folder of a synthetic volume, or the user's train/target folders."""
+    spec = config["volumes"][wildcards.volume]
+    if spec.get("generator"):
+        return [f"{RESULTS}/volumes/{wildcards.volume}/data"]
+    return [spec["train"], spec["target"]]
+
+
+def volume_dirs(wildcards):
+    from histoflow.pipeline_volume import stack_paths
+
+    return stack_paths(config["volumes"][wildcards.volume], f"{RESULTS}/volumes/{wildcards.volume}/data")
+
+
+def volume_scribbles(wildcards):
+    spec = config["volumes"][wildcards.volume]
+    if spec["scribbles"] == "auto":
+        return f"{RESULTS}/volumes/{wildcards.volume}/scribbles.tif"
+    return spec["scribbles"]
+
+
+def volume_outputs():
+    return [f"{RESULTS}/volumes/{v}/ablation.tsv" for v in VOLUMES] + [
+        f"{RESULTS}/volumes/{v}/segmentation/views.png" for v in VOLUMES
+    ]
+
+
 def report_inputs(wildcards):
     pairs = [(m, d) for m in PREDICTORS for d in TEST_DATASETS]
     return {
@@ -96,4 +127,5 @@ def report_inputs(wildcards):
         "specs": [f"{RESULTS}/models/{m}/spec.json" for m in MODELS],
         "normalized": [f"{RESULTS}/normalized/{d}" for d in DATASETS],
         "stain": f"{RESULTS}/stain/target.json",
+        "volumes": volume_outputs(),
     }

@@ -14,6 +14,7 @@ rule report:
         report=config["report"],
         models=PREDICTORS,
         trained=MODELS,
+        volumes=VOLUMES,
         datasets=lambda wc: dataset_table(TEST_DATASETS),
         results=lambda wc, input: str(Path(input.stain).parent.parent),
     log:

@@ -9,6 +9,7 @@ run_logged(snakemake, lambda: build_report(
     config=snakemake.config,
     models=snakemake.params.models,
     trained=snakemake.params.trained,
+    volumes=snakemake.params.volumes,
     datasets=snakemake.params.datasets,
     results=snakemake.params.results,
     options=snakemake.params.report,

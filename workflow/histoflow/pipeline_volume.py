@@ -1,0 +1,243 @@
+"""Stage I/O of the semi-automatic volume workflow (serial sections, scribbles, DDML, graph cut).
+
+A *volume* is a stack of aligned sections: a fully labelled training stack and a target stack that a
+person segments by drawing a few scribbles. The stages, one Snakemake rule each:
+
+1. :func:`run_volume_data` – the synthetic organ stacks (or nothing, for folders on disk);
+2. :func:`run_auto_scribbles` – strokes on every n-th target slice, when no scribble file is given;
+3. patches + training reuse :func:`histoflow.pipeline.run_extract_patches` / ``run_train``;
+4. :func:`run_predict_volume` – per-slice probabilities of a trained model (U-Net, M-Unet);
+5. :func:`run_volume_features` – M-Unet per-pixel features of the target and of training slices;
+6. :func:`run_ddml` – metric learning on scribble + training pixels, refined probability ``h``;
+7. :func:`run_search_graphcut` – γ, σ, δ chosen on the training slices (never on the target);
+8. :func:`run_graphcut_volume` – one 3-D graph cut over the stack with the scribbles as hard seeds;
+9. :func:`run_evaluate_volume` – the ablation table (precision, recall, F1, IoU per method).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .io import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike[str]
+
+
+def run_volume_data(out_dir: PathLike, spec: dict[str, Any]) -> None:
+    """Write ``train/`` and ``target/`` synthetic organ stacks (images + labels) into ``out_dir``."""
+    from .volume import make_organ_stack, write_stack
+
+    shape = (spec["n_slices"], spec["size"], spec["size"])
+    for part, seed in (("target", spec["seed"]), ("train", spec["seed"] + 1000)):
+        images, labels = make_organ_stack(seed, shape)
+        write_stack(Path(out_dir) / part, images, labels)
+        log.info("%s stack: %s, organ fraction %.3f", part, images.shape, labels.mean())
+
+
+def stack_paths(spec: dict[str, Any], data_dir: PathLike | None) -> dict[str, str]:
+    """Folders of the training and target stacks, for a generated or an on-disk volume."""
+    if spec.get("generator"):
+        d = Path(data_dir)
+        return {"train": str(d / "train"), "target": str(d / "target")}
+    return {"train": spec["train"], "target": spec["target"]}
+
+
+def run_auto_scribbles(target_dir: PathLike, every: int, seed: int, out_tif: PathLike) -> None:
+    from .volume import make_scribbles, read_stack, write_tiff_stack
+
+    _, labels = read_stack(target_dir)
+    if labels is None:
+        raise ValueError(f"{target_dir}: automatic scribbles need the target's labels; draw scribbles instead")
+    seeds = make_scribbles(labels, every=every, seed=seed)
+    write_tiff_stack(out_tif, seeds)
+    log.info("scribbles on %d slices: %d fg, %d bg pixels", int((seeds.reshape(len(seeds), -1).max(1) > 0).sum()),
+             int((seeds == 1).sum()), int((seeds == 2).sum()))
+
+
+def stack_as_dataset(stack_dir: PathLike) -> tuple[dict[str, Any], str]:
+    """A stack folder as the ``dataset`` dict :func:`histoflow.pipeline.run_extract_patches` takes."""
+    d = Path(stack_dir)
+    stems = sorted(p.stem for p in (d / "labels").glob("*.png"))
+    if not stems:
+        raise ValueError(f"{d}/labels: no label slices; the training stack needs labels")
+    return ({"images": {s: str(d / f"{s}.png") for s in stems}, "masks": {s: str(d / "labels" / f"{s}.png") for s in stems},
+             "mask_type": "binary", "train": stems, "test": []}, str(d))
+
+
+def _load_model(model_dir: PathLike, device: str):
+    from .device import prepare_model, resolve_device
+    from .models import load_model
+
+    dev = resolve_device(device)
+    model, spec = load_model(model_dir, dev)
+    return prepare_model(model, dev), spec, dev
+
+
+def _tiled(model, predictor, image: np.ndarray, predict: dict[str, Any], dev) -> np.ndarray:
+    import torch
+
+    from .tiling import predict_tiled
+
+    x = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+    return predict_tiled(
+        predictor, x, tile=predict["tile"], overlap=predict["overlap"], batch_size=predict["batch_size"],
+        blend=predict["blend"], device=dev, context=(getattr(model, "context_factor", 1) - 1) * predict["tile"] // 2,
+    )
+
+
+def run_predict_volume(model_dir: PathLike, target_dir: PathLike, predict: dict[str, Any], device: str,
+                       out_tif: PathLike) -> None:
+    """Foreground probability ``float32 (Z, H, W)`` of every target slice (tiled, blended)."""
+    import tifffile
+    import torch
+    from tqdm import tqdm
+
+    from .volume import read_stack
+
+    model, _, dev = _load_model(model_dir, device)
+    images, _ = read_stack(target_dir)
+    prob = np.stack([_tiled(model, lambda b: torch.sigmoid(model(b)), im, predict, dev)[0]
+                     for im in tqdm(images, desc="slices", mininterval=5)])
+    with atomic_path(out_tif) as tmp:
+        tifffile.imwrite(tmp, prob.astype(np.float32), compression="zlib")
+
+
+def run_volume_features(model_dir: PathLike, dirs: dict[str, str], predict: dict[str, Any], train_every: int,
+                        device: str, out_h5: PathLike) -> None:
+    """M-Unet per-pixel features (the layer before its last 1×1 conv) into HDF5.
+
+    ``target/features (Z, H, W, F)`` float16 for every target slice, and ``train/features``,
+    ``train/labels`` for every ``train_every``-th training slice (training pixels for DDML and the
+    slices on which the graph-cut parameters are chosen); ``*/prob`` the M-Unet probability.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from .volume import read_stack
+
+    model, _, dev = _load_model(model_dir, device)
+    if not hasattr(model, "forward_features"):
+        raise ValueError(f"{model_dir}: DDML needs a model with forward_features (arch munet)")
+
+    def both(b):
+        f = model.forward_features(b)
+        return torch.cat([torch.sigmoid(model.head(f)), f], dim=1)
+
+    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
+        for part in ("target", "train"):
+            images, labels = read_stack(dirs[part])
+            idx = np.arange(len(images)) if part == "target" else np.arange(0, len(images), train_every)
+            g = h5.create_group(part)
+            g["slices"] = idx
+            feats = probs = None
+            for k, i in enumerate(tqdm(idx, desc=f"{part} features", mininterval=5)):
+                out = _tiled(model, both, images[i], predict, dev)
+                if feats is None:
+                    feats = g.create_dataset("features", (len(idx), *out.shape[1:], out.shape[0] - 1), np.float16,
+                                             chunks=(1, *out.shape[1:], out.shape[0] - 1), compression="gzip")
+                    probs = g.create_dataset("prob", (len(idx), *out.shape[1:]), np.float32)
+                probs[k] = out[0]
+                feats[k] = np.moveaxis(out[1:], 0, -1).astype(np.float16)
+            if labels is not None:
+                g["labels"] = labels[idx].astype(np.uint8)
+            g["images"] = images[idx]
+
+
+def run_ddml(features_h5: PathLike, scribbles: PathLike, ddml: dict[str, Any], seed: int,
+             out_target: PathLike, out_train: PathLike) -> None:
+    """Train DDML on scribble pixels (+ sampled training pixels) and write the refined probability
+    ``h`` of the target (TIFF) and of the training slices (NPZ, for the graph-cut search)."""
+    import tifffile
+
+    from .ddml import refined_probability, train_discriminator, train_metric
+    from .volume import read_scribbles
+
+    rng = np.random.default_rng(seed)
+    with h5py.File(features_h5, "r") as h5:
+        tf = h5["target/features"][...].astype(np.float32)
+        train_f = h5["train/features"][...].astype(np.float32)
+        train_y = h5["train/labels"][...]
+    seeds = read_scribbles(scribbles, tf.shape[:3])
+    xs, ys = [tf[seeds == 1], tf[seeds == 2]], [np.ones((seeds == 1).sum(), np.int64), np.zeros((seeds == 2).sum(), np.int64)]
+    if len(xs[0]) == 0 or len(xs[1]) == 0:
+        raise ValueError(f"{scribbles}: needs both foreground (1) and background (2) scribbles")
+    n_train = min(ddml["train_pixels"], train_y.size)
+    if n_train:
+        pick = rng.choice(train_y.size, n_train, replace=False)
+        xs.append(train_f.reshape(-1, train_f.shape[-1])[pick])
+        ys.append(train_y.reshape(-1)[pick].astype(np.int64))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    log.info("DDML on %d pixels (%d from scribbles), %d features", len(x), int((seeds > 0).sum()), x.shape[1])
+    net = train_metric(x, y, dims=tuple(ddml["dims"]), tau=ddml["tau"], beta=ddml["beta"], lam=ddml["lam"],
+                       steps=ddml["steps"], seed=seed)
+    head = train_discriminator(net, x, y, seed=seed)
+    with atomic_path(out_target) as tmp:
+        tifffile.imwrite(tmp, refined_probability(net, head, tf), compression="zlib")
+    with atomic_path(out_train) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, h=refined_probability(net, head, train_f))
+
+
+def run_search_graphcut(train_h: PathLike, features_h5: PathLike, grid: dict[str, list[float]], spacing, out_json: PathLike) -> None:
+    """Choose γ, σ, δ on the training slices (their labels are known; the target is never used)."""
+    from .graphcut import search_parameters
+
+    h = np.load(train_h)["h"]
+    with h5py.File(features_h5, "r") as h5:
+        images, labels = h5["train/images"][...], h5["train/labels"][...]
+    best, table = search_parameters(list(h), list(images), list(labels), grid["gamma"], grid["sigma"], grid["delta"])
+    write_json(out_json, {"best": best, "table": table.to_dict(orient="records")})
+    log.info("graph-cut parameters chosen on %d training slices: %s", len(h), best)
+
+
+def run_graphcut_volume(refined: PathLike, target_dir: PathLike, scribbles: PathLike, params_json: PathLike,
+                        spacing, banded: bool, out_tif: PathLike, out_summary: PathLike, out_views: PathLike) -> None:
+    """One 3-D graph cut over the whole target stack, scribbles as hard seeds."""
+    import tifffile
+
+    from .graphcut import graphcut, graphcut_banded
+    from .volume import orthogonal_views, read_scribbles, read_stack, volume_summary, write_tiff_stack
+
+    h = tifffile.imread(refined)
+    images, _ = read_stack(target_dir)
+    seeds = read_scribbles(scribbles, h.shape)
+    p = read_json(params_json)["best"]
+    cut = graphcut_banded if banded else graphcut
+    mask = cut(h, images, gamma=p["gamma"], sigma=p["sigma"], delta=p["delta"], seeds=seeds,
+               spacing=tuple(spacing) if spacing else None)
+    write_tiff_stack(out_tif, mask.astype(np.uint8))
+    write_json(out_summary, volume_summary(mask, tuple(spacing) if spacing else None))
+    orthogonal_views(images, mask, out_views, spacing=tuple(spacing) if spacing else None)
+
+
+def voxel_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Precision, recall, F1 and IoU of two binary volumes."""
+    from .metrics import pixel_metrics
+
+    m = pixel_metrics(pred.reshape(pred.shape[0], -1) > 0, truth.reshape(truth.shape[0], -1) > 0)
+    return {k: m[k] for k in ("precision", "recall", "f1", "iou")}
+
+
+def run_evaluate_volume(target_dir: PathLike, methods: dict[str, tuple[PathLike, float]], out_tsv: PathLike) -> None:
+    """The ablation table: each method's probability (thresholded) or mask against the target labels."""
+    import pandas as pd
+    import tifffile
+
+    from .volume import read_stack
+
+    _, truth = read_stack(target_dir)
+    if truth is None:
+        raise ValueError(f"{target_dir}: no labels, nothing to evaluate against")
+    rows = []
+    for name, (path, threshold) in methods.items():
+        pred = tifffile.imread(path) > threshold
+        rows.append({"method": name, **voxel_scores(pred, truth)})
+        log.info("%s: %s", name, rows[-1])
+    with atomic_path(out_tsv) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.4f")
