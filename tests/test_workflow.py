@@ -132,6 +132,12 @@ def test_tiny_run_produces_everything(tiny_run):
         assert (r / "models" / m / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (r / "models" / m / "augmented.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((r / "report_figures").glob("*.png"))
+    geo = json.loads(next((r / "objects" / "a" / "demo").glob("*.geojson")).read_text())
+    assert geo["type"] == "FeatureCollection" and geo["features"]
+    props = geo["features"][0]["properties"]
+    assert props["objectType"] == "detection" and "min_feret_px" in props["measurements"]
+    assert (r / "objects" / "a" / "demo" / "morphometry.tsv").read_text().startswith("image\tobject\t")
+    assert "Morphometry" in html
     assert (r / "logs" / "train_model" / "a.log").read_text().strip()
     assert (r / "benchmarks" / "train_model" / "a.tsv").exists()
 
@@ -174,10 +180,11 @@ def test_model_edit_reruns_only_that_model(tiny_run):
     jobs = _jobs_after_edit(tiny_run, lambda c: c["models"]["b"]["train"].update(lr=0.01))
     assert jobs == {
         "train_model[model=b]", "predict[model=b, dataset=demo]", "postprocess[model=b, dataset=demo]",
-        "evaluate[model=b, dataset=demo]", "report", "all",
+        "evaluate[model=b, dataset=demo]", "export_objects[model=b, dataset=demo]", "report", "all",
         # the ensemble that contains b, and nothing of a
         "ensemble_spec[model=ab]", "ensemble_predict[model=ab, dataset=demo]",
         "postprocess[model=ab, dataset=demo]", "evaluate[model=ab, dataset=demo]",
+        "export_objects[model=ab, dataset=demo]",
     }
 
 
@@ -189,7 +196,8 @@ def test_stain_edit_reruns_everything_downstream(tiny_run):
     for m in ("a", "b"):
         expected |= {f"train_model[model={m}]", f"predict[model={m}, dataset=demo]"}
     for m in ("a", "b", "ab"):
-        expected |= {f"postprocess[model={m}, dataset=demo]", f"evaluate[model={m}, dataset=demo]"}
+        expected |= {f"postprocess[model={m}, dataset=demo]", f"evaluate[model={m}, dataset=demo]",
+                     f"export_objects[model={m}, dataset=demo]"}
     assert jobs == expected
 
 
@@ -204,5 +212,6 @@ def test_postprocess_edit_reruns_postprocess_evaluate_and_report(tiny_run):
     jobs = _jobs_after_edit(tiny_run, lambda c: c.setdefault("postprocess", {}).update(graphcut=True))
     expected = {"report", "all"}
     for m in ("a", "b", "ab"):
-        expected |= {f"postprocess[model={m}, dataset=demo]", f"evaluate[model={m}, dataset=demo]"}
+        expected |= {f"postprocess[model={m}, dataset=demo]", f"evaluate[model={m}, dataset=demo]",
+                     f"export_objects[model={m}, dataset=demo]"}
     assert jobs == expected

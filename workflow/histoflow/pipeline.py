@@ -271,6 +271,33 @@ def run_postprocess(
         write_image(out / f"{p.stem}.tif", labels.astype(np.uint16 if labels.max() < 65536 else np.uint32))
 
 
+def run_export_objects(
+    instances_dir: PathLike, normalized_dir: PathLike, pixel_size_um: float | None, classification: str,
+    out_dir: PathLike,
+) -> None:
+    """Per image: QuPath GeoJSON of the instances with their measurements; per dataset:
+    ``morphometry.tsv`` (one row per object: image, id and every measurement)."""
+    import pandas as pd
+
+    from .io import atomic_path, read_image
+    from .morphometry import measure_objects
+    from .qupath import instances_to_geojson
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in sorted(Path(instances_dir).glob("*.tif")):
+        labels = read_image(p).astype(np.int64)
+        image = read_rgb(Path(normalized_dir) / f"{p.stem}.png")
+        measurements = measure_objects(labels, image, pixel_size_um)
+        n = instances_to_geojson(labels, out / f"{p.stem}.geojson", classification=classification,
+                                 object_type="detection", measurements=measurements)
+        rows += [{"image": p.stem, "object": k, **v} for k, v in measurements.items()]
+        log.info("%s: %d objects", p.stem, n)
+    with atomic_path(out / "morphometry.tsv") as tmp:
+        pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.5g")
+
+
 def run_evaluate(
     instances_dir: PathLike, dataset: dict[str, Any], out_tsv: PathLike, out_summary: PathLike,
     predictions_dir: PathLike | None = None,

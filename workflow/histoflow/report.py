@@ -205,6 +205,36 @@ def overlay_figures(
     return paths
 
 
+def morphometry_figure(results: str, models: list[str], datasets: list[str], dpi: int) -> str:
+    """Histograms of object area and minimum Feret diameter per model (all test datasets pooled)."""
+    import pandas as pd
+
+    plt = _plt()
+    tables = {}
+    for m in models:
+        frames = [pd.read_csv(p, sep="\t") for d in datasets
+                  if (p := Path(results) / "objects" / m / d / "morphometry.tsv").stat().st_size > 1]
+        frames = [f for f in frames if len(f)]
+        if frames:
+            tables[m] = pd.concat(frames)
+    if not tables:
+        return "<p>No objects.</p>"
+    any_table = next(iter(tables.values()))
+    area = next(c for c in any_table.columns if c.startswith("area_"))
+    feret = next(c for c in any_table.columns if c.startswith("min_feret_"))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for m, t in tables.items():
+        axes[0].hist(t[area], bins=30, alpha=0.5, label=f"{m} (n={len(t)})")
+        axes[1].hist(t[feret], bins=30, alpha=0.5, label=m)
+    axes[0].set_xlabel(area.replace("_um2", " (µm²)").replace("_px2", " (px²)"))
+    axes[1].set_xlabel(feret.replace("_um", " (µm)").replace("_px", " (px)").replace("_", " "))
+    for a in axes:
+        a.set_ylabel("objects")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return _fig_tag(fig, dpi)
+
+
 def volume_section(results: str, volume: str) -> str:
     """Ablation table, chosen graph-cut parameters, volume summary and orthogonal views of a volume."""
     import pandas as pd
@@ -275,6 +305,12 @@ def build_report(
         aug = Path(results) / "models" / m / "augmented.png"
         if aug.exists():
             parts.append(_img_tag(aug))
+
+    parts.append("<h2>Morphometry</h2>")
+    parts.append(morphometry_figure(results, models, names, dpi))
+    parts.append("<p class=note>Per-object measurements of the predicted instances on the test images "
+                 "(<code>objects/&lt;model&gt;/&lt;dataset&gt;/morphometry.tsv</code>); every image's objects "
+                 "are also in a QuPath GeoJSON beside it (File &gt; Import objects).</p>")
 
     parts.append("<h2>Predictions on test images</h2>")
     for m in models:

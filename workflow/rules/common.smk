@@ -123,6 +123,7 @@ def report_inputs(wildcards):
     return {
         "metrics": [f"{RESULTS}/metrics/{m}/{d}.tsv" for m, d in pairs],
         "instances": [f"{RESULTS}/instances/{m}/{d}" for m, d in pairs],
+        "objects": [f"{RESULTS}/objects/{m}/{d}" for m, d in pairs],
         "history": [f"{RESULTS}/models/{m}/history.tsv" for m in MODELS],
         "specs": [f"{RESULTS}/models/{m}/spec.json" for m in MODELS],
         "normalized": [f"{RESULTS}/normalized/{d}" for d in DATASETS],

@@ -23,3 +23,24 @@ rule evaluate:
         ENV
     script:
         "../scripts/evaluate.py"
+
+
+rule export_objects:
+    """Instances as QuPath GeoJSON (File > Import objects) with morphometry, and a per-object table."""
+    input:
+        instances=f"{RESULTS}/instances/{{model}}/{{dataset}}",
+        normalized=f"{RESULTS}/normalized/{{dataset}}",
+    output:
+        directory(f"{RESULTS}/objects/{{model}}/{{dataset}}"),
+    params:
+        pixel_size_um=lambda wc: DATASETS[wc.dataset].pixel_size_um,
+        classification=config["export"]["classification"],
+    log:
+        f"{RESULTS}/logs/export_objects/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/export_objects/{{model}}/{{dataset}}.tsv"
+    threads: 1
+    conda:
+        ENV
+    script:
+        "../scripts/export_objects.py"
