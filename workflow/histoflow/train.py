@@ -298,7 +298,7 @@ def train_model(
                 opt.step()
                 sched.step()
                 losses.append(float(loss.detach()))
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
                 if stop.signum is not None and step + 1 < steps:
                     save_checkpoint(checkpoint, snapshot(epoch, step=step + 1, perm=perm, losses=losses))
                     raise TrainingInterrupted(
