@@ -10,15 +10,6 @@ from histoflow.models import available_models, build_model, load_model, register
 from histoflow.models.unet import UNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest single-threaded, and the test machine's two cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**kw) -> nn.Module:
     torch.manual_seed(0)
     return build_model("unet", base_width=4, depth=2, **kw)

@@ -17,13 +17,6 @@ from histoflow.models.unet import UNet
 TINY = {"base_width": 4, "depth": 2, "feature_dim": 8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest single-threaded, and the test machine's two cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny(**kw) -> MUNet:

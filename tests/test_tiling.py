@@ -9,15 +9,6 @@ import torch
 from histoflow.models import build_model
 from histoflow.tiling import blend_window, iter_tiles, predict_tiled, tile_starts
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest single-threaded, and the test machine's two cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # ---------------------------------------------------------------------------------------------
 # tile_starts
 
