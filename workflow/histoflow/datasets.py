@@ -33,19 +33,27 @@ class Dataset:
         return sorted(self.images)
 
 
+def split_stems(stems: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split into (kept, held out) with ``fraction`` held out; at least one of each when there
+    are ≥ 2 stems and ``fraction > 0``. Used for test splits here and validation splits of patches."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the held-out fraction (val_fraction, test_fraction) must be in [0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(len(stems))
+    n_out = int(round(fraction * len(stems)))
+    if fraction > 0 and len(stems) >= 2:
+        n_out = min(max(n_out, 1), len(stems) - 1)
+    held_out = sorted(stems[i] for i in order[:n_out])
+    kept = sorted(stems[i] for i in order[n_out:])
+    return kept, held_out
+
+
 def split_test(stems: list[str], mode: str, test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """(train, test) stems: everything to one role, or a seeded random split with ≥ 1 of each."""
     if mode == "train":
         return sorted(stems), []
     if mode == "test":
         return [], sorted(stems)
-    order = np.random.default_rng(seed).permutation(len(stems))
-    n_test = int(round(test_fraction * len(stems)))
-    if test_fraction > 0 and len(stems) >= 2:
-        n_test = min(max(n_test, 1), len(stems) - 1)
-    test = sorted(stems[i] for i in order[:n_test])
-    train = sorted(stems[i] for i in order[n_test:])
-    return train, test
+    return split_stems(stems, test_fraction, seed)
 
 
 def resolve_dataset(name: str, cfg: dict[str, Any], config: dict[str, Any]) -> Dataset:

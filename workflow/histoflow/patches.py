@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
+from .datasets import split_stems  # noqa: F401 - re-exported: the patch store's validation split
 from .io import atomic_path
 from .tiling import tile_starts
 
@@ -147,19 +148,6 @@ def extract_patches(
     for y, x in origins:
         sl = (slice(y, y + size), slice(x, x + size))
         yield Patch(image[sl], labels_p[sl], boundaries[sl], weights[sl], stem, (y, x))
-
-
-def split_stems(stems: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded image-level split into (train, val); at least one validation image when there are ≥ 2."""
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    order = list(np.random.default_rng(seed).permutation(len(stems)))
-    n_val = int(round(val_fraction * len(stems)))
-    if val_fraction > 0 and len(stems) >= 2:
-        n_val = min(max(n_val, 1), len(stems) - 1)
-    val = sorted(stems[i] for i in order[:n_val])
-    train = sorted(stems[i] for i in order[n_val:])
-    return train, val
 
 
 def write_patch_store(path: str | os.PathLike[str], groups: dict[str, Iterable[Patch]], size: int) -> dict[str, int]:
