@@ -398,7 +398,11 @@ def test_nn_lasso_closed_form_is_exact(g01: float) -> None:
     gram = np.array([[1.2, g01], [g01, 0.8]])
     b = np.random.default_rng(0).normal(0, 1, (500, 2))
     c0, c1 = stain._nn_lasso_2(b[:, 0].copy(), b[:, 1].copy(), gram, np)
-    np.testing.assert_allclose(np.stack([c0, c1], 1), _nn_lasso_reference(b, gram), atol=1e-12)
+    expected = _nn_lasso_reference(b, gram)
+    np.testing.assert_allclose(np.stack([c0, c1], 1), expected, atol=1e-12)
+    if g01 >= 0:  # the transform's in-place variant
+        c0, c1 = stain._nn_lasso_2_inplace(b[:, 0].copy(), b[:, 1].copy(), gram)
+        np.testing.assert_allclose(np.stack([c0, c1], 1), expected, atol=1e-12)
 
 
 def test_vahadane_dictionary_learning_is_deterministic_and_decreases_objective(image_a: np.ndarray) -> None:
