@@ -113,7 +113,7 @@ class TrainingInterrupted(RuntimeError):
 class StopOnSignal:
     """Context manager: SIGUSR1 / SIGTERM set ``signum`` instead of killing the process.
 
-    SLURM sends SIGUSR1 a configurable time before the time limit (``--signal=B:USR1@300``) and
+    SLURM sends SIGUSR1 a configurable time before the time limit (``--signal=USR1@300``) and
     SIGTERM on preemption or ``scancel``; the training loop polls ``signum`` after each step, writes a
     checkpoint and raises :class:`TrainingInterrupted`. Outside the main thread (where handlers
     cannot be installed) it does nothing.
