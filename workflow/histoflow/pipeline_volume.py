@@ -184,7 +184,7 @@ def run_ddml(features_h5: PathLike, scribbles: PathLike, ddml: dict[str, Any], s
         np.savez_compressed(fh, h=refined_probability(net, head, train_f))
 
 
-def run_search_graphcut(train_h: PathLike, features_h5: PathLike, grid: dict[str, list[float]], spacing, out_json: PathLike) -> None:
+def run_search_graphcut(train_h: PathLike, features_h5: PathLike, grid: dict[str, list[float]], out_json: PathLike) -> None:
     """Choose γ, σ, δ on the training slices (their labels are known; the target is never used)."""
     from .graphcut import search_parameters
 

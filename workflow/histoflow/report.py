@@ -157,7 +157,7 @@ def benchmark_rows(results: str) -> list[list[str]]:
     return rows
 
 
-def stain_figure(config: dict[str, Any], datasets: dict[str, Any], results: str, dpi: int, n: int = 3) -> str:
+def stain_figure(datasets: dict[str, Any], results: str, dpi: int, n: int = 3) -> str:
     """Before/after thumbnails of a few images and the fitted stain vectors."""
     plt = _plt()
     pairs = [(name, stem) for name, d in datasets.items() for stem in d["test"]][:n]
@@ -326,7 +326,7 @@ def build_report(
     stain = read_json(Path(results) / "stain" / "target.json")
     parts.append(f"<p>method <b>{html.escape(stain.get('method', '?'))}</b>, target "
                  f"<code>{html.escape(str(stain.get('target_image', '')))}</code></p>")
-    parts.append(stain_figure(config, datasets, results, dpi))
+    parts.append(stain_figure(datasets, results, dpi))
 
     parts.append("<h2>Runtimes</h2>")
     parts.append(_table(["job", "seconds", "peak RSS (MB)"], benchmark_rows(results)))

@@ -6,5 +6,5 @@ from histoflow.pipeline_volume import run_search_graphcut  # noqa: E402
 from histoflow.smk import run_logged  # noqa: E402
 
 run_logged(snakemake, lambda: run_search_graphcut(
-    snakemake.input.train, snakemake.input.features, snakemake.params.grid, None, snakemake.output[0]
+    snakemake.input.train, snakemake.input.features, snakemake.params.grid, snakemake.output[0]
 ))
