@@ -1,0 +1,150 @@
+"""VGG16 multi-decoder network for whole-slide muscle fibre segmentation (deep supervision).
+
+The encoder is VGG16's 13 convolutions (configuration "D", fully connected layers removed), built
+with torchvision's own ``make_layers`` so a torchvision VGG16 (or VGG16-BN) state dict loads into it
+unchanged. One decoder is attached before each of the five max-pooling stages (after conv1_2,
+conv2_2, conv3_3, conv4_3 and conv5_3, at strides 1, 2, 4, 8, 16). Each decoder is a small pixelwise
+classifier: a 3×3 convolution, then ``k`` times (learnable 2× transposed convolution → 3×3
+convolution), so its feature map grows step by step back to input size, then a 1×1 classifier. Its
+prediction is cropped to the input (pooling rounds up, so sizes can exceed the input by up to 15 px).
+The five predictions are concatenated and fused by a 1×1 convolution into the final output.
+
+In training mode ``forward`` returns ``(fused, [side_1, ..., side_5])`` so the loss can supervise
+every decoder (deep supervision); in eval mode it returns the fused logits only, so tiled inference,
+validation and ensembles see an ordinary segmentation model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models.vgg import cfgs, make_layers
+
+from . import register_model
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _decoder(cin: int, width: int, steps: int, out_channels: int, norm: bool) -> nn.Sequential:
+    """3×3 conv, then ``steps`` × (2× transposed conv, 3×3 conv), then a 1×1 classifier."""
+
+    def act(c: int) -> list[nn.Module]:
+        return ([nn.BatchNorm2d(c)] if norm else []) + [nn.ReLU(inplace=True)]
+
+    layers: list[nn.Module] = [nn.Conv2d(cin, width, 3, padding=1, bias=not norm), *act(width)]
+    for _ in range(steps):
+        layers += [nn.ConvTranspose2d(width, width, 2, stride=2, bias=not norm), *act(width)]
+        layers += [nn.Conv2d(width, width, 3, padding=1, bias=not norm), *act(width)]
+    layers.append(nn.Conv2d(width, out_channels, 1))
+    return nn.Sequential(*layers)
+
+
+@register_model("vgg16_mdn")
+class VGG16MultiDecoder(nn.Module):
+    """VGG16 encoder with five deeply supervised decoders fused by a 1×1 convolution.
+
+    Parameters
+    ----------
+    in_channels, out_channels:
+        Input channels (3 for RGB) and logits channels (1 for a binary target).
+    base_width:
+        Width of VGG16's first block; blocks have ``base_width × (1, 2, 4, 8, 8)`` channels
+        (VGG16: 64, i.e. 64-128-256-512-512). Pretrained weights need 64.
+    batch_norm:
+        Batch normalisation after every convolution (VGG16-BN layout). Plain VGG16 weights need
+        ``False``; from scratch ``True`` trains much faster.
+    decoder_width:
+        Channels inside each decoder.
+    imagenet_norm:
+        Standardise the ``[0, 1]`` RGB input with ImageNet's mean/std inside the model (what
+        torchvision's VGG16 weights expect; harmless from scratch).
+
+    Shapes
+    ------
+    ``forward``: ``(N, in_channels, H, W)`` → ``(N, out_channels, H, W)`` logits (eval), or
+    ``(fused, [5 × (N, out_channels, H, W)])`` (training), for any ``H, W >= 1``.
+    """
+
+    n_sides = 5
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 1,
+        base_width: int = 64,
+        batch_norm: bool = True,
+        decoder_width: int = 32,
+        imagenet_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if base_width < 1 or decoder_width < 1:
+            raise ValueError(f"base_width and decoder_width must be >= 1, got {base_width}, {decoder_width}")
+        layout = [v if v == "M" else int(v) * base_width // 64 for v in cfgs["D"]][:-1]  # drop pool5
+        self.features = make_layers(layout, batch_norm=batch_norm)
+        if in_channels != 3:
+            first = self.features[0]
+            self.features[0] = nn.Conv2d(in_channels, first.out_channels, 3, padding=1, bias=first.bias is not None)
+        for m in self.features:
+            if isinstance(m, nn.MaxPool2d):
+                m.ceil_mode = True  # odd sizes: never drop the last row/column (Caffe's pooling)
+        widths = [w for w, nxt in zip(layout, [*layout[1:], "M"], strict=True) if w != "M" and nxt == "M"]
+        self.decoders = nn.ModuleList(
+            _decoder(c, decoder_width, k, out_channels, batch_norm) for k, c in enumerate(widths)
+        )
+        self.fuse = nn.Conv2d(self.n_sides * out_channels, out_channels, 1)
+        self.imagenet_norm = imagenet_norm
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def side_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five decoders' logits, each ``(N, out_channels, H, W)`` (input size)."""
+        h, w = x.shape[-2:]
+        if self.imagenet_norm and x.shape[1] == 3:
+            x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        sides: list[torch.Tensor] = []
+        for layer in self.features:
+            if isinstance(layer, nn.MaxPool2d):
+                sides.append(self.decoders[len(sides)](x)[..., :h, :w])
+            x = layer(x)
+        sides.append(self.decoders[len(sides)](x)[..., :h, :w])
+        return sides
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        sides = self.side_outputs(x)
+        fused = self.fuse(torch.cat(sides, dim=1))
+        return (fused, sides) if self.training else fused
+
+    def load_pretrained(self, path: str | os.PathLike[str]) -> int:
+        """Initialise the encoder from a local torchvision VGG16 / VGG16-BN state dict (e.g.
+        ``vgg16-397923af.pth``); its classifier is ignored. Returns the number of tensors loaded.
+
+        Raises ``ValueError`` naming the file and the setting to change when the file's layout does
+        not match this encoder (width, batch norm, input channels). Never downloads anything."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: VGG16 weight file not found (models.<name>.weights in config.yaml).")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        ours = self.features.state_dict()
+        theirs = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        if not theirs:
+            raise ValueError(f"{path}: no 'features.*' tensors; expected a torchvision VGG16 state dict.")
+        bad = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+        if bad:
+            has_bn = any(k.endswith("running_mean") for k in theirs)
+            raise ValueError(
+                f"{path}: does not fit this encoder ({len(bad)} tensors missing or of another shape, e.g. "
+                f"features.{bad[0]}). The file is VGG16{'-BN' if has_bn else ''}: set params.batch_norm: "
+                f"{str(has_bn).lower()}, params.base_width: 64 and in_channels 3."
+            )
+        self.features.load_state_dict({k: theirs[k] for k in ours})
+        log.info("encoder initialised from %s (%d tensors)", path, len(ours))
+        return len(ours)
