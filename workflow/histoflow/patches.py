@@ -6,18 +6,23 @@ Targets (all ``(H, W)`` arrays computed from an ``int`` instance label map, 0 = 
 - :func:`unet_weight_map` – Ronneberger et al.'s per-pixel loss weight: class balance plus a term
   ``w0 * exp(-(d1 + d2)^2 / (2 sigma^2))`` that makes the thin background between touching objects
   expensive to get wrong;
+- :func:`class_balance_map` and :func:`distance_weight_map` – the two precomputed terms of the fibre
+  network's loss weight (class-frequency balance of a target; high weight near object boundaries,
+  decaying with the distance to the nearest boundary, 1 far from them);
 
-and the patch store (:func:`write_patch_store` / :class:`PatchDataset`): one HDF5 file with groups
-``train`` and ``val``, each holding chunked, compressed datasets ``images (N, P, P, 3) uint8``,
-``masks``/``boundaries (N, P, P) uint8``, ``labels (N, P, P) int32``, ``weights (N, P, P) float32``
-and the provenance of each patch (``stems``, ``origins``).
+and the patch store (:func:`write_patch_store`): one HDF5 file with groups ``train`` and ``val``,
+each holding chunked, compressed datasets ``images (N, P, P, 3) uint8``, the targets
+``masks``/``boundaries``/``interiors (N, P, P) uint8`` (interiors = objects minus their boundary
+band), ``labels (N, P, P) int32``, the loss weights ``weights``, ``distance_weights`` and
+``balance_<target> (N, P, P) float32`` (all 0 on padding, which the loss ignores), and the provenance
+of each patch (``stems``, ``origins``).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -29,7 +34,10 @@ from .datasets import split_stems  # noqa: F401 - re-exported: the patch store's
 from .io import atomic_path
 from .tiling import tile_starts
 
-FIELDS = ("images", "masks", "labels", "boundaries", "weights")
+TARGET_FIELDS = ("masks", "boundaries", "interiors")
+FIELDS = ("images", "masks", "labels", "boundaries", "interiors", "weights", "distance_weights",
+          *(f"balance_{t}" for t in TARGET_FIELDS))
+_PIXEL_DTYPES = {"images": np.uint8, "labels": np.int32, **{t: np.uint8 for t in TARGET_FIELDS}}
 
 
 def boundary_map(labels: np.ndarray, width: int = 1) -> np.ndarray:
@@ -83,9 +91,38 @@ def unet_weight_map(
     return w
 
 
+def class_balance_map(target: np.ndarray, clip: tuple[float, float] = (0.1, 10.0)) -> np.ndarray:
+    """Class-frequency balance ``float32 (H, W)`` of a binary target: ``N / (2 N_c)`` for a pixel of
+    class ``c`` (so both classes carry half the total weight and the mean weight is 1), clipped to
+    ``clip``; all ones when the target has a single class."""
+    t = target > 0
+    w = np.ones(t.shape, np.float32)
+    n_pos = int(t.sum())
+    if 0 < n_pos < t.size:
+        w[t] = np.clip(t.size / (2.0 * n_pos), *clip)
+        w[~t] = np.clip(t.size / (2.0 * (t.size - n_pos)), *clip)
+    return w
+
+
+def distance_weight_map(boundaries: np.ndarray, w0: float = 10.0, sigma: float = 3.0) -> np.ndarray:
+    """Boundary term of the fibre loss ``float32 (H, W)``: ``1 + (w0 - 1) exp(-d^2 / (2 sigma^2))``
+    with ``d`` the Euclidean distance to the nearest boundary pixel — ``w0`` on the boundary, decaying
+    to 1 a few ``sigma`` away (all ones when there is no boundary or ``w0 <= 1``)."""
+    if boundaries.ndim != 2:
+        raise ValueError(f"boundaries must be 2-D, got shape {boundaries.shape}")
+    b = boundaries > 0
+    if w0 <= 1 or not b.any():
+        return np.ones(b.shape, np.float32)
+    d = ndi.distance_transform_edt(~b)
+    return (1.0 + (w0 - 1.0) * np.exp(-(d**2) / (2.0 * sigma**2))).astype(np.float32)
+
+
 @dataclass
 class Patch:
-    """One training patch; arrays are ``(P, P[, 3])`` and ``origin`` its top-left (y, x) in the image."""
+    """One training patch; arrays are ``(P, P[, 3])`` and ``origin`` its top-left (y, x) in the image.
+
+    ``distance_weights`` and ``balance`` (target name → class-balance map) are the fibre loss's
+    precomputed terms; left out, they default to 1 on valid pixels (``weights > 0``)."""
 
     image: np.ndarray
     labels: np.ndarray
@@ -93,22 +130,37 @@ class Patch:
     weights: np.ndarray
     stem: str
     origin: tuple[int, int]
+    distance_weights: np.ndarray | None = None
+    balance: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def mask(self) -> np.ndarray:
         return (self.labels > 0).astype(np.uint8)
 
+    @property
+    def interiors(self) -> np.ndarray:
+        return ((self.labels > 0) & (self.boundaries == 0)).astype(np.uint8)
 
-def pad_to(image: np.ndarray, labels: np.ndarray, weights: np.ndarray, size: int):
-    """Pad image (reflect) and labels/weights (0, i.e. ignored by the loss) up to ``size`` on each side."""
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every field of :data:`FIELDS` for the patch store."""
+        valid = (self.weights > 0).astype(np.float32)
+        out = {"images": self.image, "masks": self.mask, "labels": self.labels, "boundaries": self.boundaries,
+               "interiors": self.interiors, "weights": self.weights,
+               "distance_weights": valid if self.distance_weights is None else self.distance_weights}
+        for t in TARGET_FIELDS:
+            out[f"balance_{t}"] = self.balance.get(t, valid)
+        return out
+
+
+def pad_to(image: np.ndarray, maps: list[np.ndarray], size: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Pad image (reflect) and per-pixel maps (0: unlabelled, and ignored by the loss) up to ``size``
+    on each side."""
     ph, pw = max(size - image.shape[0], 0), max(size - image.shape[1], 0)
     if not (ph or pw):
-        return image, labels, weights
+        return image, maps
     mode = "reflect" if ph < image.shape[0] and pw < image.shape[1] else "edge"
     image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode)
-    labels = np.pad(labels, ((0, ph), (0, pw)))
-    weights = np.pad(weights, ((0, ph), (0, pw)))
-    return image, labels, weights
+    return image, [np.pad(m, ((0, ph), (0, pw))) for m in maps]
 
 
 def extract_patches(
@@ -123,20 +175,28 @@ def extract_patches(
     boundary_width: int = 1,
     weight_w0: float = 10.0,
     weight_sigma: float = 5.0,
+    distance_w0: float = 10.0,
+    distance_sigma: float = 3.0,
 ) -> Iterator[Patch]:
     """Cut patches (``size`` × ``size``) with all their targets from one image.
 
     ``mode="random"``: ``n_random`` uniformly random crops; ``"grid"``: an evenly spaced grid covering
     the image with at least ``overlap`` pixels overlap (see :func:`histoflow.tiling.tile_starts`).
-    Targets (boundaries, weights) are computed on the whole image first, so they are correct at
-    patch borders.
+    Targets and weights (boundaries, U-Net weights, the fibre loss's distance and class-balance
+    terms, the latter per target and per image) are computed on the whole image first, so they are
+    correct at patch borders.
     """
     if image.shape[:2] != labels.shape:
         raise ValueError(f"{stem}: image {image.shape[:2]} and labels {labels.shape} differ in size")
     boundaries = boundary_map(labels, boundary_width)
     weights = unet_weight_map(labels, weight_w0, weight_sigma)
-    image, labels_p, weights = pad_to(image, labels, weights, size)
-    boundaries = np.pad(boundaries, ((0, labels_p.shape[0] - boundaries.shape[0]), (0, labels_p.shape[1] - boundaries.shape[1])))
+    distance = distance_weight_map(boundaries, distance_w0, distance_sigma)
+    fg = labels > 0
+    targets = {"masks": fg, "boundaries": boundaries > 0, "interiors": fg & (boundaries == 0)}
+    balance = [class_balance_map(targets[t]) for t in TARGET_FIELDS]
+    image, (labels_p, boundaries, weights, distance, *balance) = pad_to(
+        image, [labels, boundaries, weights, distance, *balance], size
+    )
     h, w = labels_p.shape
     if mode == "random":
         rng = rng if rng is not None else np.random.default_rng(0)
@@ -147,11 +207,16 @@ def extract_patches(
         raise ValueError(f"patch mode must be 'random' or 'grid', got {mode!r}")
     for y, x in origins:
         sl = (slice(y, y + size), slice(x, x + size))
-        yield Patch(image[sl], labels_p[sl], boundaries[sl], weights[sl], stem, (y, x))
+        yield Patch(image[sl], labels_p[sl], boundaries[sl], weights[sl], stem, (y, x), distance[sl],
+                    {t: b[sl] for t, b in zip(TARGET_FIELDS, balance, strict=True)})
 
 
-def write_patch_store(path: str | os.PathLike[str], groups: dict[str, Iterable[Patch]], size: int) -> dict[str, int]:
+def write_patch_store(
+    path: str | os.PathLike[str], groups: dict[str, Iterable[Patch]], size: int, attrs: dict | None = None
+) -> dict[str, int]:
     """Stream patches into an HDF5 store (atomically); returns the patch count per group.
+
+    ``attrs`` (e.g. the boundary width the targets were made with) are stored as file attributes.
 
     Datasets are chunked one patch per chunk and gzip-compressed; they grow as patches arrive, so
     memory stays at one patch whatever the dataset size.
@@ -159,15 +224,12 @@ def write_patch_store(path: str | os.PathLike[str], groups: dict[str, Iterable[P
     counts: dict[str, int] = {}
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["patch_size"] = size
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
         for name, patches in groups.items():
             g = f.create_group(name)
-            shapes = {
-                "images": ((size, size, 3), np.uint8),
-                "masks": ((size, size), np.uint8),
-                "labels": ((size, size), np.int32),
-                "boundaries": ((size, size), np.uint8),
-                "weights": ((size, size), np.float32),
-            }
+            shapes = {k: ((size, size, 3) if k == "images" else (size, size), _PIXEL_DTYPES.get(k, np.float32))
+                      for k in FIELDS}
             ds = {
                 k: g.create_dataset(
                     k, shape=(0, *s), maxshape=(None, *s), dtype=dt, chunks=(1, *s), compression="gzip",
@@ -179,8 +241,7 @@ def write_patch_store(path: str | os.PathLike[str], groups: dict[str, Iterable[P
             origins = g.create_dataset("origins", shape=(0, 2), maxshape=(None, 2), dtype=np.int32)
             n = 0
             for p in patches:
-                for k, arr in (("images", p.image), ("masks", p.mask), ("labels", p.labels),
-                               ("boundaries", p.boundaries), ("weights", p.weights)):
+                for k, arr in p.arrays().items():
                     ds[k].resize(n + 1, axis=0)
                     ds[k][n] = arr
                 stems_ds.resize(n + 1, axis=0)
@@ -193,7 +254,7 @@ def write_patch_store(path: str | os.PathLike[str], groups: dict[str, Iterable[P
 
 
 def read_patch_group(path: str | os.PathLike[str], group: str, fields: tuple[str, ...] = FIELDS) -> dict[str, np.ndarray]:
-    """Load a whole group into memory (fine for training sets of a few thousand patches)."""
+    """Load ``fields`` of a whole group into memory (fine for training sets of a few thousand patches)."""
     with h5py.File(Path(path), "r") as f:
         if group not in f:
             raise KeyError(f"{path}: no group {group!r} (has {list(f)})")
@@ -202,3 +263,9 @@ def read_patch_group(path: str | os.PathLike[str], group: str, fields: tuple[str
         out["stems"] = np.array([s.decode() if isinstance(s, bytes) else s for s in g["stems"][...]])
         out["origins"] = g["origins"][...]
     return out
+
+
+def read_store_attrs(path: str | os.PathLike[str]) -> dict:
+    """The patch store's file attributes (``patch_size``, ``boundary_width``, ...)."""
+    with h5py.File(Path(path), "r") as f:
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}

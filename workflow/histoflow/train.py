@@ -1,8 +1,11 @@
-"""Training loop: BCE + Dice (optionally weight-mapped), AdamW, cosine schedule, resumable.
+"""Training loop: BCE + Dice (optionally weight-mapped) or the fibre network's weighted BCE, deep
+supervision, AdamW, cosine schedule, resumable.
 
 The loop is a handful of small functions rather than a trainer class:
 
-- :func:`segmentation_loss` – the loss on logits and targets;
+- :func:`segmentation_loss` / :func:`weighted_bce_loss` – the losses on logits and targets;
+  :func:`loss_weights` builds the per-pixel weights from the patch store's precomputed terms and
+  :func:`training_loss` sums the loss over a deeply supervised model's outputs;
 - augmentation (:mod:`histoflow.augment`) – presets applied identically to image and targets,
   batched on the training device;
 - :func:`train_model` – epochs, validation, checkpoints (every epoch, atomic, resumed from
@@ -37,7 +40,8 @@ from .io import atomic_path
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("masks", "boundaries")
+TARGETS = ("masks", "boundaries", "interiors")
+LOSSES = ("bce_dice", "weighted_bce")
 
 
 @dataclass
@@ -53,6 +57,12 @@ class TrainConfig:
     dice_weight: float = 1.0
     use_weight_map: bool = True
     target: str = "masks"
+    loss: str = "bce_dice"
+    class_balance: bool = True
+    boundary_weighting: bool = True
+    reliability: float | None = None
+    fuse_weight: float = 1.0
+    side_weights: list[float] | None = None
     augment: bool | str | dict = True  # true = "dihedral"; a preset name; or {preset: ..., field: value}
     seed: int = 0
     max_steps_per_epoch: int | None = None
@@ -61,6 +71,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"train.target must be one of {TARGETS}, got {self.target!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"train.loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.reliability is not None and not 0.5 < self.reliability <= 1:
+            raise ValueError(f"train.reliability must be in (0.5, 1] or null, got {self.reliability}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("train.epochs, train.batch_size must be >= 1 and train.lr > 0")
         augment_config(self.augment)  # fail early on an unknown preset or field
@@ -104,6 +118,86 @@ def segmentation_loss(
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     bce = (bce * weights).sum() / weights.sum().clamp_min(1e-6)
     return bce_weight * bce + dice_weight * soft_dice_loss(logits, target, valid)
+
+
+def reliability_mask(logits: torch.Tensor, target: torch.Tensor, level: float) -> torch.Tensor:
+    """The reliability switch: 0 where the network predicts the opposite of the label with
+    probability above ``level`` (a likely annotation error), else 1. Computed without gradient, so
+    the switched-off pixels stay in the forward pass but send nothing back."""
+    with torch.no_grad():
+        p = torch.sigmoid(logits.float())
+        contrary = torch.where(target > 0.5, 1.0 - p, p)
+        return (contrary <= level).to(logits.dtype if logits.is_floating_point() else torch.float32)
+
+
+def weighted_bce_loss(
+    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, reliability: float | None = None
+) -> torch.Tensor:
+    """Pixelwise cross-entropy weighted by ``f(x) = weights × switch``, normalised by ``Σ weights``.
+
+    ``weights`` (``(N, 1, H, W)``) carries the precomputed terms (class balance × boundary distance,
+    0 on padding, see :func:`loss_weights`); ``reliability`` turns on :func:`reliability_mask`.
+    Switched-off pixels keep their share of the normaliser, so forgiving a pixel never raises the
+    weight of the others.
+    """
+    logits = logits.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    w = weights if reliability is None else weights * reliability_mask(logits, target, reliability)
+    return (bce * w).sum() / weights.sum().clamp_min(1e-6)
+
+
+def loss_weights(data: dict[str, np.ndarray], cfg: TrainConfig) -> np.ndarray:
+    """Per-pixel loss weights ``float32 (N, P, P)`` for ``cfg`` from the patch store's fields.
+
+    ``bce_dice``: the U-Net weight map (``use_weight_map``) or its valid-pixel mask. ``weighted_bce``:
+    valid mask × ``balance_<target>`` (``class_balance``) × ``distance_weights``
+    (``boundary_weighting``).
+    """
+    w = data["weights"].astype(np.float32)
+    valid = (w > 0).astype(np.float32)
+    if cfg.loss == "bce_dice":
+        return w if cfg.use_weight_map else valid
+    if cfg.class_balance:
+        valid = valid * data[f"balance_{cfg.target}"]
+    if cfg.boundary_weighting:
+        valid = valid * data["distance_weights"]
+    return valid.astype(np.float32)
+
+
+def loss_fields(cfg: TrainConfig) -> tuple[str, ...]:
+    """The patch-store fields training with ``cfg`` reads."""
+    fields = ["images", cfg.target, "weights"]
+    if cfg.loss == "weighted_bce":
+        fields += [f"balance_{cfg.target}"] * cfg.class_balance + ["distance_weights"] * cfg.boundary_weighting
+    return tuple(fields)
+
+
+def split_outputs(out: torch.Tensor | tuple) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(fused, sides)`` of a model's output: a plain tensor has no side outputs."""
+    if isinstance(out, torch.Tensor):
+        return out, []
+    fused, sides = out
+    return fused, list(sides)
+
+
+def training_loss(out: torch.Tensor | tuple, target: torch.Tensor, weights: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """The configured loss on a model's output: ``L(out)`` for a plain tensor; with deep supervision
+    (``(fused, sides)``, training mode) ``fuse_weight × L(fused) + Σ side_weights[k] × L(side_k)``
+    (side weights default to 1)."""
+
+    def one(logits: torch.Tensor) -> torch.Tensor:
+        if cfg.loss == "weighted_bce":
+            return weighted_bce_loss(logits, target, weights, cfg.reliability)
+        return segmentation_loss(logits, target, weights, cfg.bce_weight, cfg.dice_weight)
+
+    if isinstance(out, torch.Tensor):
+        return one(out)
+    fused, sides = split_outputs(out)
+    side_w = cfg.side_weights if cfg.side_weights is not None else [1.0] * len(sides)
+    if len(side_w) != len(sides):
+        raise ValueError(f"train.side_weights has {len(side_w)} entries but the model has {len(sides)} side outputs")
+    terms = [(cfg.fuse_weight, fused), *zip(side_w, sides, strict=True)]
+    return sum(w * one(o) for w, o in terms if w > 0)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -234,9 +328,7 @@ def train_model(
     key = params_hash({"run": run_key, "train": asdict(cfg)})
     x_train = images_to_tensor(train_data["images"])
     y_train = torch.from_numpy(train_data[cfg.target]).float()[:, None]
-    w_train = torch.from_numpy(train_data["weights"]).float()[:, None]
-    if not cfg.use_weight_map:
-        w_train = (w_train > 0).float()
+    w_train = torch.from_numpy(loss_weights(train_data, cfg))[:, None]
     n = len(x_train)
     if n == 0:
         raise ValueError("the patch store has no training patches: add images or lower val_fraction")
@@ -290,9 +382,10 @@ def train_model(
                 xb, yb, wb = to_device(x_train[idx], device), y_train[idx].to(device), w_train[idx].to(device)
                 xb, (yb, wb) = augment(xb, [yb, wb], aug, gen)
                 with autocast(device):
-                    logits = model(xb)
-                yb, wb = centre_crop(yb, logits.shape[-2:]), centre_crop(wb, logits.shape[-2:])
-                loss = segmentation_loss(logits, yb, wb, cfg.bce_weight, cfg.dice_weight)
+                    out = model(xb)
+                size = split_outputs(out)[0].shape[-2:]
+                yb, wb = centre_crop(yb, size), centre_crop(wb, size)
+                loss = training_loss(out, yb, wb, cfg)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -330,9 +423,7 @@ def train_model(
 def _validate(model: nn.Module, val: dict[str, np.ndarray], cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     x = images_to_tensor(val["images"])
     y = torch.from_numpy(val[cfg.target]).float()[:, None]
-    w = torch.from_numpy(val["weights"]).float()[:, None]
-    if not cfg.use_weight_map:
-        w = (w > 0).float()
+    w = torch.from_numpy(loss_weights(val, cfg))[:, None]
     model.eval()
     total, dice_num, dice_den = 0.0, 0.0, 0.0
     with torch.no_grad():
@@ -341,7 +432,7 @@ def _validate(model: nn.Module, val: dict[str, np.ndarray], cfg: TrainConfig, de
                 logits = model(to_device(x[i : i + cfg.batch_size], device)).float().cpu()
             yb = centre_crop(y[i : i + cfg.batch_size], logits.shape[-2:])
             wb = centre_crop(w[i : i + cfg.batch_size], logits.shape[-2:])
-            total += float(segmentation_loss(logits, yb, wb, cfg.bce_weight, cfg.dice_weight)) * len(yb)
+            total += float(training_loss(logits, yb, wb, cfg)) * len(yb)
             pb = (logits > 0).float() * (wb > 0)
             dice_num += float(2 * (pb * yb).sum())
             dice_den += float(pb.sum() + (yb * (wb > 0)).sum())
