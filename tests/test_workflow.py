@@ -33,6 +33,12 @@ TINY = {
               "predict": {"tile": 64, "overlap": 16}},
         "b": {"arch": "unet", "params": {"base_width": 4, "depth": 2}, "train": {"epochs": 1, "batch_size": 4},
               "predict": {"tile": 64, "overlap": 16}},
+        # two-stage fibre network: boundaries (stage 1), then interiors fine-tuned from it (stage 2)
+        "f": {"arch": "vgg16_mdn", "params": {"base_width": 4, "decoder_width": 4},
+              "pretrain": {"target": "boundaries", "loss": "weighted_bce", "epochs": 1, "batch_size": 4},
+              "train": {"target": "interiors", "loss": "weighted_bce", "reliability": 0.95, "epochs": 1,
+                        "batch_size": 4, "lr": 0.0005},
+              "predict": {"tile": 64, "overlap": 16}},
     },
     "ensembles": {"ab": {"members": ["a", "b"]}},
     "report": {"n_overlays": 1},
@@ -140,6 +146,16 @@ def test_tiny_run_produces_everything(tiny_run):
     assert "Morphometry" in html
     assert (r / "logs" / "train_model" / "a.log").read_text().strip()
     assert (r / "benchmarks" / "train_model" / "a.tsv").exists()
+    # two-stage training: stage 1 on boundaries, stage 2 on interiors initialised from it
+    s1 = json.loads((r / "models" / "f" / "stage1" / "spec.json").read_text())
+    s2 = json.loads((r / "models" / "f" / "spec.json").read_text())
+    assert (s1["target"], s1["stage"], s2["target"], s2["stage"]) == ("boundaries", "pretrain", "interiors", "train")
+    assert "initialised from" in (r / "logs" / "train_model" / "f.log").read_text()
+    assert not (r / "models" / "f" / "checkpoint.pt").exists()  # removed once the model is saved
+    fib = json.loads((r / "metrics" / "f" / "demo_fibres.json").read_text())
+    assert fib["n_images"] == 2 and 0 <= fib["ft_f1_mean"] <= fib["dt_f1_mean"] <= 1
+    assert "fibre_f1_mean" in json.loads((r / "metrics" / "a" / "demo_summary.json").read_text())
+    assert "Per-fibre precision and recall" in html and "F1 (DT)" in html and "Stage 1" in html
 
 
 @pytest.mark.slow
@@ -179,25 +195,40 @@ def test_reordering_config_keys_reruns_nothing(tiny_run):
 def test_model_edit_reruns_only_that_model(tiny_run):
     jobs = _jobs_after_edit(tiny_run, lambda c: c["models"]["b"]["train"].update(lr=0.01))
     assert jobs == {
-        "train_model[model=b]", "predict[model=b, dataset=demo]", "postprocess[model=b, dataset=demo]",
-        "evaluate[model=b, dataset=demo]", "export_objects[model=b, dataset=demo]", "report", "all",
+        "train_model[model=b]", "predict[model=b, dataset=demo]", *downstream_of_predictions("b"), "report", "all",
         # the ensemble that contains b, and nothing of a
-        "ensemble_spec[model=ab]", "ensemble_predict[model=ab, dataset=demo]",
-        "postprocess[model=ab, dataset=demo]", "evaluate[model=ab, dataset=demo]",
-        "export_objects[model=ab, dataset=demo]",
+        "ensemble_spec[model=ab]", "ensemble_predict[model=ab, dataset=demo]", *downstream_of_predictions("ab"),
     }
+
+
+def downstream_of_predictions(model: str) -> set[str]:
+    return {f"{rule}[model={model}, dataset=demo]"
+            for rule in ("postprocess", "evaluate", "evaluate_fibres", "export_objects")}
+
+
+@pytest.mark.slow
+def test_stage2_edit_does_not_rerun_stage1(tiny_run):
+    jobs = _jobs_after_edit(tiny_run, lambda c: c["models"]["f"]["train"].update(lr=0.001, reliability=0.9))
+    assert jobs == {"train_model[model=f]", "predict[model=f, dataset=demo]", *downstream_of_predictions("f"),
+                    "report", "all"}
+
+
+@pytest.mark.slow
+def test_stage1_edit_reruns_both_stages(tiny_run):
+    jobs = _jobs_after_edit(tiny_run, lambda c: c["models"]["f"]["pretrain"].update(lr=0.002))
+    assert jobs == {"pretrain_model[model=f]", "train_model[model=f]", "predict[model=f, dataset=demo]",
+                    *downstream_of_predictions("f"), "report", "all"}
 
 
 @pytest.mark.slow
 def test_stain_edit_reruns_everything_downstream(tiny_run):
     jobs = _jobs_after_edit(tiny_run, lambda c: c["stain"].update(method="reinhard"))
     expected = {"fit_stain", "normalize_stain[dataset=demo]", "extract_patches", "report", "all",
-                "ensemble_spec[model=ab]", "ensemble_predict[model=ab, dataset=demo]"}
-    for m in ("a", "b"):
+                "ensemble_spec[model=ab]", "ensemble_predict[model=ab, dataset=demo]", "pretrain_model[model=f]"}
+    for m in ("a", "b", "f"):
         expected |= {f"train_model[model={m}]", f"predict[model={m}, dataset=demo]"}
-    for m in ("a", "b", "ab"):
-        expected |= {f"postprocess[model={m}, dataset=demo]", f"evaluate[model={m}, dataset=demo]",
-                     f"export_objects[model={m}, dataset=demo]"}
+    for m in ("a", "b", "ab", "f"):
+        expected |= downstream_of_predictions(m)
     assert jobs == expected
 
 
@@ -211,7 +242,6 @@ def test_report_edit_reruns_only_the_report(tiny_run):
 def test_postprocess_edit_reruns_postprocess_evaluate_and_report(tiny_run):
     jobs = _jobs_after_edit(tiny_run, lambda c: c.setdefault("postprocess", {}).update(graphcut=True))
     expected = {"report", "all"}
-    for m in ("a", "b", "ab"):
-        expected |= {f"postprocess[model={m}, dataset=demo]", f"evaluate[model={m}, dataset=demo]",
-                     f"export_objects[model={m}, dataset=demo]"}
+    for m in ("a", "b", "ab", "f"):
+        expected |= downstream_of_predictions(m)
     assert jobs == expected

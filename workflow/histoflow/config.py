@@ -47,12 +47,13 @@ def fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any] | 
 
 
 def _resolve(schema: Any, root: dict[str, Any]) -> Any:
-    """Follow a local ``$ref`` (``#/a/b``) to its target schema."""
+    """Follow a local ``$ref`` (``#/a/b``) to its target schema; keywords beside the ``$ref`` (a
+    ``default``, a ``description``) override the target's, as in JSON Schema 2020-12."""
     while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("#/"):
         target: Any = root
         for part in schema["$ref"][2:].split("/"):
             target = target[part]
-        schema = target
+        schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
     return schema
 
 

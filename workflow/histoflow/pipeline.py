@@ -89,6 +89,7 @@ def run_extract_patches(
                 image, labels, f"{name}/{stem}", patches["size"], mode=mode, n_random=patches["per_image"],
                 overlap=patches["overlap"], rng=rng, boundary_width=patches["boundary_width"],
                 weight_w0=patches["weight_w0"], weight_sigma=patches["weight_sigma"],
+                distance_w0=patches["distance_w0"], distance_sigma=patches["distance_sigma"],
             )
 
     # Validation always uses the grid, so its score does not depend on random crops.
@@ -96,6 +97,7 @@ def run_extract_patches(
         out_store,
         {"train": patches_of(roles["train"], patches["mode"]), "val": patches_of(roles["val"], "grid")},
         patches["size"],
+        attrs={"boundary_width": patches["boundary_width"]},
     )
     write_json(out_split, {k: [f"{n}/{s}" for n, s in v] for k, v in roles.items()} | {"counts": counts})
     log.info("patches: %s", counts)
@@ -103,52 +105,81 @@ def run_extract_patches(
 
 
 def run_train(
-    store: PathLike, model_cfg: dict[str, Any], seed: int, device: str, out_dir: PathLike
+    store: PathLike, model_cfg: dict[str, Any], seed: int, device: str, out_dir: PathLike,
+    init_from: PathLike | None = None, stage: str = "train",
 ) -> dict[str, Any]:
-    """Train one model from the patch store; writes model.pt, spec.json, history.tsv, curves.png."""
+    """Train one model from the patch store; writes model.pt, spec.json, history.tsv, curves.png.
+
+    ``stage="pretrain"`` trains with the model's ``pretrain`` block (stage 1 of two-stage training,
+    e.g. fibre boundaries); ``init_from`` (a trained model's folder, e.g. that stage 1) initialises
+    every weight from it before training (stage 2: fine-tuning on another target). Otherwise
+    ``weights`` (a local file) initialises the model: through the architecture's
+    ``load_pretrained`` when it has one (VGG16 encoders check the file's layout), else as a state
+    dict loaded non-strictly.
+    """
     import torch
 
     from .device import resolve_device
     from .models import build_model, save_model
-    from .patches import read_patch_group
+    from .patches import read_patch_group, read_store_attrs
     from .report import plot_history
-    from .train import TrainConfig, seed_everything, write_history_tsv
+    from .train import TrainConfig, loss_fields, seed_everything, write_history_tsv
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
-    cfg = TrainConfig(**model_cfg.get("train", {}), seed=seed)
+    cfg = TrainConfig(**model_cfg.get(stage, {}), seed=seed)
     kwargs = {"in_channels": 3, "out_channels": 1, **model_cfg.get("params", {})}
     seed_everything(seed)  # the initial weights are part of the reproducible run
     model = build_model(model_cfg["arch"], **kwargs)
-    if model_cfg.get("weights"):
-        wpath = Path(model_cfg["weights"])
-        if not wpath.exists():
-            raise FileNotFoundError(f"{wpath}: initial weights not found (models.*.weights in config.yaml).")
-        missing, unexpected = model.load_state_dict(torch.load(wpath, map_location="cpu", weights_only=True), strict=False)
-        log.info("initialised from %s (missing %d, unexpected %d keys)", wpath, len(missing), len(unexpected))
-    train = read_patch_group(store, "train")
-    val = read_patch_group(store, "val")
-    log.info("training %s on %s: %d train / %d val patches, %.2f M parameters", model_cfg["arch"], dev,
-             len(train["images"]), len(val["images"]), sum(p.numel() for p in model.parameters()) / 1e6)
+    init = Path(init_from) / "model.pt" if init_from else (Path(model_cfg["weights"]) if model_cfg.get("weights") else None)
+    if init is not None and not init.exists():
+        raise FileNotFoundError(f"{init}: initial weights not found (models.*.weights in config.yaml).")
+    if init_from:
+        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+        log.info("stage %s: initialised from %s", stage, init)
+    elif init is not None and hasattr(model, "load_pretrained"):
+        model.load_pretrained(init)
+    elif init is not None:
+        missing, unexpected = model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True), strict=False)
+        log.info("initialised from %s (missing %d, unexpected %d keys)", init, len(missing), len(unexpected))
+    fields = loss_fields(cfg)
+    train = read_patch_group(store, "train", fields)
+    val = read_patch_group(store, "val", fields)
+    log.info("training %s (%s, target %s, loss %s) on %s: %d train / %d val patches, %.2f M parameters",
+             model_cfg["arch"], stage, cfg.target, cfg.loss, dev, len(train["images"]), len(val["images"]),
+             sum(p.numel() for p in model.parameters()) / 1e6)
     t0 = time.perf_counter()
-    result = train_with_oom_fallback(model, train, val, cfg, dev, out / "checkpoint.pt", model_cfg)
+    # The checkpoint resumes only the same run: same settings and the same input files.
+    run_key = {"model": model_cfg, "stage": stage, "inputs": [_fingerprint(store), _fingerprint(init)]}
+    result = train_with_oom_fallback(model, train, val, cfg, dev, out / "checkpoint.pt", run_key)
     spec = {
         "arch": model_cfg["arch"],
         "kwargs": kwargs,
         "input": "rgb/255",
         "target": cfg.target,
+        "boundary_width": int(read_store_attrs(store).get("boundary_width", 1)),
         "threshold": result["threshold"],
         "batch_size": cfg.batch_size,
         "val_dice": result["val_dice"],
         "train_seconds": time.perf_counter() - t0,
         "device": str(dev),
+        "stage": stage,
     }
     write_history_tsv(result["history"], out / "history.tsv")
     plot_history(result["history"], out / "curves.png")
     plot_augmentation_examples(train, cfg, out / "augmented.png")
     save_model(model.cpu(), spec, out)
+    (out / "checkpoint.pt").unlink(missing_ok=True)  # the model is saved; a rerun starts afresh
     return spec
+
+
+def _fingerprint(path: PathLike | None) -> list | None:
+    """Size and modification time of an input file: a regenerated input changes it."""
+    if path is None:
+        return None
+    st = Path(path).stat()
+    return [str(path), st.st_size, st.st_mtime_ns]
 
 
 def plot_augmentation_examples(train: dict[str, np.ndarray], cfg, path: Path, n: int = 6) -> None:
@@ -169,7 +200,7 @@ def plot_augmentation_examples(train: dict[str, np.ndarray], cfg, path: Path, n:
     plot_augmented(images, ya[:, 0].numpy(), path, title=f"augmented training patches ({name}); outlines = {cfg.target}")
 
 
-def train_with_oom_fallback(model, train, val, cfg, dev, checkpoint: Path, model_cfg: dict[str, Any]):
+def train_with_oom_fallback(model, train, val, cfg, dev, checkpoint: Path, run_key: Any):
     """:func:`histoflow.train.train_model`, restarted with half the batch size on CUDA out-of-memory.
 
     A job that asked for too large a batch still finishes (more slowly, with a warning in its log)
@@ -184,7 +215,7 @@ def train_with_oom_fallback(model, train, val, cfg, dev, checkpoint: Path, model
     initial = copy.deepcopy(model.state_dict())
     while True:
         try:
-            return train_model(model, train, val, cfg, dev, checkpoint, run_key=model_cfg)
+            return train_model(model, train, val, cfg, dev, checkpoint, run_key=run_key)
         except torch.cuda.OutOfMemoryError:
             if cfg.batch_size == 1:
                 raise RuntimeError("out of GPU memory with batch_size=1: lower patches.size or the model width") from None
@@ -245,9 +276,14 @@ def run_ensemble_spec(member_specs: list[PathLike], members: list[str], weights:
     w = np.asarray(weights if weights else [1.0] * len(members), np.float64)
     w = w / w.sum()
     specs = [read_json(p) for p in member_specs]
+    targets = {s.get("target", "masks") for s in specs}
+    if len(targets) > 1:
+        raise ValueError(f"ensemble members {members} predict different targets {sorted(targets)}: average only "
+                         "models of the same target (masks with masks, interiors with interiors)")
     write_json(out_json, {
         "arch": "ensemble", "members": members, "weights": w.tolist(),
         "threshold": float(sum(wi * s["threshold"] for wi, s in zip(w, specs, strict=True))),
+        "target": targets.pop(), "boundary_width": max(int(s.get("boundary_width", 1)) for s in specs),
     })
 
 
@@ -260,15 +296,27 @@ def run_postprocess(
     from .postprocess import PostprocessConfig, postprocess
 
     pp = PostprocessConfig(**cfg)
-    default_th = float(read_json(spec_json).get("threshold", 0.5))
+    spec = read_json(spec_json)
+    default_th = float(spec.get("threshold", 0.5))
+    grow = instance_growth(spec)
     log.info("threshold: %s%s", pp.threshold if pp.threshold is not None else f"{default_th} (validation-chosen)",
              f"; graph cut gamma={pp.gamma} sigma={pp.sigma} delta={pp.delta}" if pp.graphcut else "")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for p in sorted(Path(pred_dir).glob("*.tif")):
         image = read_rgb(Path(normalized_dir) / f"{p.stem}.png") if (pp.graphcut and normalized_dir) else None
-        labels = postprocess(read_image(p), pp, default_th, image)
+        labels = postprocess(read_image(p), pp, default_th, image, grow=grow)
         write_image(out / f"{p.stem}.tif", labels.astype(np.uint16 if labels.max() < 65536 else np.uint32))
+
+
+def instance_growth(spec: dict[str, Any]) -> int:
+    """How far instances are grown after thresholding: the boundary width for a model of object
+    interiors, else 0. A model of boundaries alone cannot give instances."""
+    target = spec.get("target", "masks")
+    if target == "boundaries":
+        raise ValueError(f"model {spec.get('arch')!r} was trained on target boundaries, which gives no objects: "
+                         "evaluate a model trained on masks or interiors (e.g. stage 2 of a two-stage model)")
+    return int(spec.get("boundary_width", 1)) if target == "interiors" else 0
 
 
 def run_export_objects(
@@ -311,13 +359,22 @@ def run_evaluate(
     import pandas as pd
 
     from .io import atomic_path, read_image
-    from .metrics import average_precision, evaluate_instances, match_detections, object_scores, summarize
+    from .metrics import (
+        average_precision,
+        evaluate_instances,
+        match_detections,
+        object_scores,
+        per_fibre_precision_recall,
+        summarize,
+    )
 
     rows, pooled = [], ([], [], 0)
     for stem in dataset["test"]:
         pred = read_image(Path(instances_dir) / f"{stem}.tif").astype(np.int64)
         gt = read_labels(dataset["masks"][stem], dataset["mask_type"])
-        row = {"image": stem, **evaluate_instances(pred, gt)}
+        fibre = per_fibre_precision_recall(pred, gt)  # skipped on images without ground-truth objects
+        row = {"image": stem, **evaluate_instances(pred, gt),
+               **({f"fibre_{k}": fibre[k] for k in ("precision", "recall", "f1")} if fibre["n_gt"] else {})}
         if predictions_dir is not None:
             scores = object_scores(pred, read_image(Path(predictions_dir) / f"{stem}.tif"))
             sc, tp, n_gt = match_detections(pred, gt, scores)
@@ -334,4 +391,45 @@ def run_evaluate(
              summary.get("object_f1_mean", float("nan")), summary.get("object_f1_pooled", float("nan")),
              summary.get("pixel_f1_mean", float("nan")), summary.get("aji_mean", float("nan")),
              summary.get("pq_mean", float("nan")))
+    return summary
+
+
+def run_evaluate_fibres(
+    pred_dir: PathLike, spec_json: PathLike, postprocess_cfg: dict[str, Any], dataset: dict[str, Any],
+    thresholds: list[float], out_tsv: PathLike, out_summary: PathLike, normalized_dir: PathLike | None = None,
+) -> dict[str, Any]:
+    """Per-fibre precision / recall / F1 of every test image at every threshold (instances made by
+    the configured post-processing at that threshold), and their fixed-threshold (FT) and
+    dynamic-threshold (DT) summaries (:func:`histoflow.metrics.fixed_and_dynamic_thresholds`)."""
+    import dataclasses
+
+    import pandas as pd
+    from tqdm import tqdm
+
+    from .io import atomic_path, read_image
+    from .metrics import fixed_and_dynamic_thresholds, per_fibre_precision_recall
+    from .postprocess import PostprocessConfig, postprocess
+
+    pp = PostprocessConfig(**postprocess_cfg)
+    grow = instance_growth(read_json(spec_json))
+    rows, scores = [], []
+    for stem in tqdm(dataset["test"], desc="per-fibre P/R", unit="image", mininterval=5):
+        prob = read_image(Path(pred_dir) / f"{stem}.tif")
+        gt = read_labels(dataset["masks"][stem], dataset["mask_type"])
+        image = read_rgb(Path(normalized_dir) / f"{stem}.png") if (pp.graphcut and normalized_dir) else None
+        per_t = []
+        for t in thresholds:
+            labels = postprocess(prob, dataclasses.replace(pp, threshold=float(t)), image=image, grow=grow)
+            r = per_fibre_precision_recall(labels, gt)
+            rows.append({"image": stem, "threshold": float(t), **r})
+            per_t.append([r["precision"], r["recall"], r["f1"]])
+        scores.append(per_t)
+    summary = fixed_and_dynamic_thresholds(np.array(scores).reshape(len(scores), len(thresholds), 3), thresholds)
+    summary["thresholds"] = [float(t) for t in thresholds]
+    with atomic_path(out_tsv) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    write_json(out_summary, summary)
+    if summary["n_images"]:
+        log.info("per-fibre F1: FT %.4f ± %.4f (threshold %.2f), DT %.4f ± %.4f", summary["ft_f1_mean"],
+                 summary["ft_f1_sd"], summary["ft_threshold"], summary["dt_f1_mean"], summary["dt_f1_sd"])
     return summary

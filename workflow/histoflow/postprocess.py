@@ -87,6 +87,18 @@ def instances_from_mask(mask: np.ndarray, split: str = "watershed", h: float = 2
     return relabel_sequential(labels)
 
 
+def grow_instances(labels: np.ndarray, prob: np.ndarray, grow: int) -> np.ndarray:
+    """Grow each instance by up to ``grow`` pixels (city-block), by a watershed on ``-prob``
+    (boundary-aware: neighbours meet where the probability is lowest, i.e. on the predicted
+    boundary), so objects predicted without their boundary band (target ``interiors``) get their full
+    extent back. The band is an erosion by the same diamond, so growing inverts it exactly up to
+    a morphological opening (a convex object loses nothing but sharp corner pixels)."""
+    if grow <= 0 or not labels.any():
+        return labels
+    reach = ndi.binary_dilation(labels > 0, structure=ndi.generate_binary_structure(2, 1), iterations=grow)
+    return watershed(-prob, labels, mask=reach).astype(labels.dtype)
+
+
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     """Renumber ids to 1..N in order of first appearance (raster order); background stays 0."""
     ids, first = np.unique(labels.ravel(), return_index=True)
@@ -108,12 +120,17 @@ def recentre(prob: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def postprocess(
-    prob: np.ndarray, cfg: PostprocessConfig, default_threshold: float = 0.5, image: np.ndarray | None = None
+    prob: np.ndarray, cfg: PostprocessConfig, default_threshold: float = 0.5, image: np.ndarray | None = None,
+    grow: int = 0,
 ) -> np.ndarray:
     """The whole stage: probability ``(H, W)`` → instance labels ``int32 (H, W)``.
 
     With ``cfg.graphcut`` the mask comes from a graph cut on the probabilities recentred at the
-    threshold, with contrast weights from ``image`` (``(H, W, 3)`` uint8, optional)."""
+    threshold, with contrast weights from ``image`` (``(H, W, 3)`` uint8, optional). ``grow`` > 0 is
+    for models of object interiors (target ``interiors``): the network has already separated touching
+    objects by predicting their boundaries as background, so the connected interiors are the markers
+    (``cfg.split`` is not used: a distance-transform watershed would split elongated interiors), grown
+    back by ``grow`` pixels (the boundary width) with :func:`grow_instances`."""
     th = cfg.threshold if cfg.threshold is not None else default_threshold
     if cfg.graphcut:
         from .graphcut import graphcut
@@ -122,4 +139,10 @@ def postprocess(
         mask = binarize(cut.astype(np.float32), 0.5, cfg.min_size, cfg.max_hole)
     else:
         mask = binarize(prob, th, cfg.min_size, cfg.max_hole)
-    return instances_from_mask(mask, cfg.split, cfg.h, cfg.min_size)
+    if grow <= 0:
+        return instances_from_mask(mask, cfg.split, cfg.h, cfg.min_size)
+    labels = grow_instances(ndi.label(mask)[0].astype(np.int32), prob, grow)
+    if cfg.min_size > 0:
+        sizes = np.bincount(labels.ravel())
+        labels = np.where(sizes[labels] >= cfg.min_size, labels, 0)
+    return relabel_sequential(labels)

@@ -69,7 +69,7 @@ def plot_history(history: list[dict[str, float]], path: PathLike, dpi: int = 100
     if any("val_loss" in h for h in history):
         a.plot(ep, [h.get("val_loss", np.nan) for h in history], label="validation loss")
     a.set_xlabel("epoch")
-    a.set_ylabel("loss (BCE + Dice)")
+    a.set_ylabel("loss")
     a.legend()
     a.grid(alpha=0.3)
     if any("val_dice" in h for h in history):
@@ -206,7 +206,8 @@ def overlay_figures(
 
 
 def morphometry_figure(results: str, models: list[str], datasets: list[str], dpi: int) -> str:
-    """Histograms of object area and minimum Feret diameter per model (all test datasets pooled)."""
+    """Histograms of object area, minimum Feret diameter and eccentricity per model (all test datasets
+    pooled)."""
     import pandas as pd
 
     plt = _plt()
@@ -222,17 +223,83 @@ def morphometry_figure(results: str, models: list[str], datasets: list[str], dpi
     any_table = next(iter(tables.values()))
     area = next(c for c in any_table.columns if c.startswith("area_"))
     feret = next(c for c in any_table.columns if c.startswith("min_feret_"))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for m, t in tables.items():
         axes[0].hist(t[area], bins=30, alpha=0.5, label=f"{m} (n={len(t)})")
         axes[1].hist(t[feret], bins=30, alpha=0.5, label=m)
+        axes[2].hist(t["eccentricity"], bins=30, range=(0, 1), alpha=0.5, label=m)
     axes[0].set_xlabel(area.replace("_um2", " (µm²)").replace("_px2", " (px²)"))
     axes[1].set_xlabel(feret.replace("_um", " (µm)").replace("_px", " (px)").replace("_", " "))
+    axes[2].set_xlabel("eccentricity")
     for a in axes:
         a.set_ylabel("objects")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return _fig_tag(fig, dpi)
+
+
+def fibre_section(results: str, models: list[str], datasets: list[str], dpi: int) -> str:
+    """Per-fibre precision / recall / F1: at the validation-chosen threshold, at the fixed threshold
+    (FT) and at dynamic per-image thresholds (DT), and mean F1 against the threshold."""
+    import pandas as pd
+
+    def pm(s: dict, key: str) -> str:
+        return f"{s.get(key + '_mean', np.nan):.3f} ± {s.get(key + '_sd', np.nan):.3f}"
+
+    rows, curves = [], []
+    for m in models:
+        for d in datasets:
+            root = Path(results) / "metrics" / m
+            ev, sw = read_json(root / f"{d}_summary.json"), read_json(root / f"{d}_fibres.json")
+            if not sw.get("n_images"):
+                continue
+            rows.append([m, d, pm(ev, "fibre_precision"), pm(ev, "fibre_recall"), pm(ev, "fibre_f1"),
+                         f"{sw['ft_threshold']:.2f}", pm(sw, "ft_precision"), pm(sw, "ft_recall"), pm(sw, "ft_f1"),
+                         pm(sw, "dt_precision"), pm(sw, "dt_recall"), pm(sw, "dt_f1")])
+            t = pd.read_csv(root / f"{d}_fibres.tsv", sep="\t")
+            curves.append((f"{m} / {d}", t.groupby("threshold")[["precision", "recall", "f1"]].mean()))
+    if not rows:
+        return "<p>No test image has ground-truth objects.</p>"
+    header = ["model", "dataset", "P (val thr.)", "R (val thr.)", "F1 (val thr.)", "FT", "P (FT)", "R (FT)",
+              "F1 (FT)", "P (DT)", "R (DT)", "F1 (DT)"]
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), sharey=True)
+    for label, c in curves:
+        for ax, col in zip(axes, ("precision", "recall", "f1"), strict=True):
+            ax.plot(c.index, c[col], marker=".", label=label)
+    for ax, col in zip(axes, ("precision", "recall", "F1"), strict=True):
+        ax.set_xlabel("threshold")
+        ax.set_title(f"per-fibre {col}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean over test images")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return _table(header, rows) + _fig_tag(fig, dpi) + (
+        "<p class=note>For every ground-truth object, the predicted object overlapping it most gives precision "
+        "|S∩G|/|S| and recall |S∩G|/|G|, averaged per image (mean ± sd over images); F1 = 2PR/(P+R). "
+        "'val thr.': the deployable result, at the threshold chosen on validation patches. FT: the one threshold "
+        "with the best mean F1 over the test images; DT: each image's best threshold — the muscle-fibre "
+        "protocol's oracle choices, for comparison with published FT/DT figures.</p>")
+
+
+def morphometry_table(results: str, models: list[str], datasets: list[str]) -> str:
+    """Median (IQR) of the main fibre biomarkers per model, all test datasets pooled."""
+    import pandas as pd
+
+    rows = []
+    for m in models:
+        frames = [f for d in datasets if (p := Path(results) / "objects" / m / d / "morphometry.tsv").stat().st_size > 1
+                  and len(f := pd.read_csv(p, sep="\t"))]
+        if not frames:
+            continue
+        t = pd.concat(frames)
+        cols = [next(c for c in t.columns if c.startswith("area_")),
+                next(c for c in t.columns if c.startswith("min_feret_")), "eccentricity"]
+        rows.append([m, str(len(t))] + [f"{t[c].median():.4g} ({t[c].quantile(0.25):.4g}–{t[c].quantile(0.75):.4g})"
+                                        for c in cols])
+        header = ["model", "objects", *(c.replace("_um2", " (µm²)").replace("_px2", " (px²)").replace("_um", " (µm)")
+                                        .replace("_px", " (px)").replace("_", " ") for c in cols)]
+    return _table(header, rows) if rows else ""
 
 
 def volume_section(results: str, volume: str) -> str:
@@ -294,6 +361,9 @@ def build_report(
                  "all images, as GlaS does for a test set; AP@0.5 ranks every object of every image by its "
                  "mean probability (VOC all-point interpolation).</p>")
 
+    parts.append("<h2>Per-fibre precision and recall</h2>")
+    parts.append(fibre_section(results, models, names, dpi))
+
     parts.append("<h2>Training</h2>")
     for m in trained if trained is not None else models:
         spec = read_json(Path(results) / "models" / m / "spec.json")
@@ -301,12 +371,19 @@ def build_report(
         parts.append(f"<p class=note>threshold {spec['threshold']:.2f} chosen on validation patches "
                      f"(pixel Dice {spec['val_dice']:.3f}); trained {spec['train_seconds']:.0f} s on "
                      f"{html.escape(spec['device'])}.</p>")
+        stage1 = Path(results) / "models" / m / "stage1"
+        if (stage1 / "spec.json").exists():
+            s1 = read_json(stage1 / "spec.json")
+            parts.append(f"<p>Stage 1 (target <b>{html.escape(s1['target'])}</b>, {s1['train_seconds']:.0f} s), "
+                         f"then stage 2 fine-tuned from it (target <b>{html.escape(spec['target'])}</b>):</p>")
+            parts.append(_img_tag(stage1 / "curves.png"))
         parts.append(_img_tag(Path(results) / "models" / m / "curves.png"))
         aug = Path(results) / "models" / m / "augmented.png"
         if aug.exists():
             parts.append(_img_tag(aug))
 
     parts.append("<h2>Morphometry</h2>")
+    parts.append(morphometry_table(results, models, names))
     parts.append(morphometry_figure(results, models, names, dpi))
     parts.append("<p class=note>Per-object measurements of the predicted instances on the test images "
                  "(<code>objects/&lt;model&gt;/&lt;dataset&gt;/morphometry.tsv</code>); every image's objects "

@@ -15,6 +15,7 @@ config.update(_full)
 RESULTS = config["results"]
 DATASETS = resolve_datasets(config)
 MODELS = list(config["models"])
+PRETRAINED = [m for m in MODELS if config["models"][m].get("pretrain")]  # two-stage training
 ENSEMBLES = check_ensembles(config)
 PREDICTORS = MODELS + ENSEMBLES  # everything that is predicted, post-processed and evaluated
 VOLUMES = list(config["volumes"])
@@ -80,6 +81,19 @@ def dataset_table(names):
     }
 
 
+def train_inputs(wildcards):
+    """The patch store, and stage 1's model for a two-stage model."""
+    inputs = {"store": f"{RESULTS}/patches/patches.h5"}
+    if wildcards.model in PRETRAINED:
+        inputs["stage1"] = f"{RESULTS}/models/{wildcards.model}/stage1/model.pt"
+    return inputs
+
+
+def stage1_config(model):
+    """What stage 1 of a two-stage model depends on (not its stage-2 `train`/`predict` blocks)."""
+    return {k: v for k, v in config["models"][model].items() if k not in ("train", "predict")}
+
+
 def ensemble_member_inputs(wildcards):
     members = config["ensembles"][wildcards.model]["members"]
     return {
@@ -122,9 +136,11 @@ def report_inputs(wildcards):
     pairs = [(m, d) for m in PREDICTORS for d in TEST_DATASETS]
     return {
         "metrics": [f"{RESULTS}/metrics/{m}/{d}.tsv" for m, d in pairs],
+        "fibres": [f"{RESULTS}/metrics/{m}/{d}_fibres.json" for m, d in pairs],
         "instances": [f"{RESULTS}/instances/{m}/{d}" for m, d in pairs],
         "objects": [f"{RESULTS}/objects/{m}/{d}" for m, d in pairs],
-        "history": [f"{RESULTS}/models/{m}/history.tsv" for m in MODELS],
+        "history": [f"{RESULTS}/models/{m}/history.tsv" for m in MODELS]
+        + [f"{RESULTS}/models/{m}/stage1/history.tsv" for m in PRETRAINED],
         "specs": [f"{RESULTS}/models/{m}/spec.json" for m in MODELS],
         "normalized": [f"{RESULTS}/normalized/{d}" for d in DATASETS],
         "stain": f"{RESULTS}/stain/target.json",

@@ -25,6 +25,36 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+rule evaluate_fibres:
+    """Per-fibre precision / recall / F1 over a threshold sweep, with fixed (FT) and dynamic (DT) thresholds."""
+    input:
+        predictions=f"{RESULTS}/predictions/{{model}}/{{dataset}}",
+        spec=f"{RESULTS}/models/{{model}}/spec.json",
+        normalized=f"{RESULTS}/normalized/{{dataset}}",
+        raw=raw_dataset_inputs,
+    output:
+        table=report(
+            f"{RESULTS}/metrics/{{model}}/{{dataset}}_fibres.tsv",
+            caption="../report/fibres.rst",
+            category="Evaluation",
+            subcategory="{model}",
+        ),
+        summary=f"{RESULTS}/metrics/{{model}}/{{dataset}}_fibres.json",
+    params:
+        dataset=lambda wc: dataset_table([wc.dataset])[wc.dataset],
+        postprocess=config["postprocess"],
+        thresholds=config["evaluate"]["thresholds"],
+    log:
+        f"{RESULTS}/logs/evaluate_fibres/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_fibres/{{model}}/{{dataset}}.tsv"
+    threads: 1
+    conda:
+        ENV
+    script:
+        "../scripts/evaluate_fibres.py"
+
+
 rule export_objects:
     """Instances as QuPath GeoJSON (File > Import objects) with morphometry, and a per-object table."""
     input:

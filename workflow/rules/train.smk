@@ -1,9 +1,47 @@
+rule pretrain_model:
+    """Stage 1 of two-stage training (models with a `pretrain` block, e.g. fibre boundaries); its
+    params leave out the model's `train`/`predict` blocks, so editing stage 2 never reruns it."""
+    wildcard_constraints:
+        model="|".join(PRETRAINED) or "^$",
+    input:
+        store=f"{RESULTS}/patches/patches.h5",
+    output:
+        model=f"{RESULTS}/models/{{model}}/stage1/model.pt",
+        spec=f"{RESULTS}/models/{{model}}/stage1/spec.json",
+        history=f"{RESULTS}/models/{{model}}/stage1/history.tsv",
+        curves=report(
+            f"{RESULTS}/models/{{model}}/stage1/curves.png",
+            caption="../report/curves.rst",
+            category="Training",
+            subcategory="{model} (stage 1)",
+        ),
+        augmented=f"{RESULTS}/models/{{model}}/stage1/augmented.png",
+    params:
+        model=lambda wc: stage1_config(wc.model),
+        seed=config["seed"],
+        stage="pretrain",
+    log:
+        f"{RESULTS}/logs/pretrain_model/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain_model/{{model}}.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        ENV
+    script:
+        "../scripts/train_model.py"
+
+
 rule train_model:
-    """Train one configured model; checkpoints every epoch and resumes after an interruption."""
+    """Train one configured model (stage 2 when it has a `pretrain` block: fine-tuned from stage 1);
+    checkpoints every epoch and resumes after an interruption."""
     wildcard_constraints:
         model="|".join(MODELS),
     input:
-        store=f"{RESULTS}/patches/patches.h5",
+        unpack(train_inputs),
     output:
         model=f"{RESULTS}/models/{{model}}/model.pt",
         spec=f"{RESULTS}/models/{{model}}/spec.json",
@@ -23,6 +61,7 @@ rule train_model:
     params:
         model=lambda wc: config["models"][wc.model],
         seed=config["seed"],
+        stage="train",
     log:
         f"{RESULTS}/logs/train_model/{{model}}.log",
     benchmark:

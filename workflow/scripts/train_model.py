@@ -5,7 +5,9 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 from histoflow.pipeline import run_train  # noqa: E402
 from histoflow.smk import run_logged  # noqa: E402
 
+stage1 = snakemake.input.get("stage1")
 run_logged(snakemake, lambda: run_train(
     snakemake.input.store, snakemake.params.model, snakemake.params.seed, snakemake.config["device"],
-    Path(snakemake.output.model).parent,
+    Path(snakemake.output.model).parent, init_from=Path(stage1).parent if stage1 else None,
+    stage=snakemake.params.stage,
 ))

@@ -1,0 +1,154 @@
+"""Whole-slide runtime of the fibre network against the U-Net: images 1×…9× a base size.
+
+    python benchmarks/fibre_runtime.py [--device cuda] [--base 1024] [--repeats 2]
+
+The seed's runtime table: crops of one large synthetic muscle section whose areas are 1, 2, …, 9 times
+a base image (base × base pixels), each segmented by tiled inference (the workflow's
+``predict_tiled``: Gaussian-blended overlapping tiles, batched, bf16 + channels_last on CUDA) with
+the VGG16 multi-decoder network (``vgg16_mdn``) and with the U-Net, side by side in one run (models
+alternate for every size, so drifting machine load hits both alike). Full widths on CUDA (VGG16:
+base width 64; U-Net: Ronneberger's 64 / depth 4); on CPU, --small (default there) uses 16-wide
+versions so the run ends in minutes. Prints a table, fits time = a + b · pixels (near-linear is
+expected), and writes benchmarks/results/fibre_runtime[_cpu].json and a plot next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow"))
+
+from histoflow.demo import FibreParams, make_fibre_image  # noqa: E402
+from histoflow.device import prepare_model, resolve_device  # noqa: E402
+from histoflow.models import build_model  # noqa: E402
+from histoflow.tiling import predict_tiled  # noqa: E402
+
+# (rows, cols) in base units for 1x ... 9x the base area
+SHAPES = [(1, 1), (1, 2), (1, 3), (2, 2), (1, 5), (2, 3), (1, 7), (2, 4), (3, 3)]
+
+
+def models(small: bool) -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    w = 16 if small else 64
+    return {
+        "vgg16_mdn": build_model("vgg16_mdn", base_width=w, decoder_width=16 if small else 32),
+        "unet": build_model("unet", base_width=w, depth=3 if small else 4),
+    }
+
+
+def time_one(model, x: torch.Tensor, device, tile: int, overlap: int, batch: int, repeats: int) -> float:
+    def run():
+        with torch.inference_mode():
+            predict_tiled(lambda b: torch.sigmoid(model(b)), x, tile=tile, overlap=overlap, batch_size=batch,
+                          device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--base", type=int, default=None, help="base image edge (default 1024 on CUDA, 256 on CPU)")
+    ap.add_argument("--tile", type=int, default=None)
+    ap.add_argument("--overlap", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--small", action="store_true", help="16-wide models (the default on CPU)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    small = args.small or not cuda
+    base = args.base or (1024 if cuda else 256)
+    tile = args.tile or (512 if cuda else 256)
+    batch = args.batch or (16 if cuda else 2)
+    repeats = args.repeats or (3 if cuda else 1)
+    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / (
+        "fibre_runtime.json" if cuda else "fibre_runtime_cpu.json")
+
+    rows_max, cols_max = max(r for r, _ in SHAPES), max(c for _, c in SHAPES)
+    slide, _ = make_fibre_image(0, FibreParams(size=(rows_max * base, cols_max * base)))
+    x_slide = torch.from_numpy(slide).permute(2, 0, 1).float().div_(255.0)
+    nets = {k: prepare_model(m, device).eval() for k, m in models(small).items()}
+    params = {k: sum(p.numel() for p in m.parameters()) / 1e6 for k, m in nets.items()}
+    # warm-up (cuDNN autotuning, allocator) on the base image
+    for m in nets.values():
+        time_one(m, x_slide[:, :base, :base], device, tile, overlap=args.overlap, batch=batch, repeats=1)
+
+    results = []
+    print(f"{'size':>5} {'pixels':>12} " + " ".join(f"{k + ' (s)':>14}" for k in nets) + f" {'ratio':>7}")
+    for k, (r, c) in enumerate(SHAPES, start=1):
+        x = x_slide[:, : r * base, : c * base]
+        row = {"multiple": k, "height": r * base, "width": c * base, "pixels": r * c * base * base}
+        for name, m in nets.items():
+            row[f"{name}_s"] = time_one(m, x, device, tile, args.overlap, batch, repeats)
+        row["ratio_mdn_vs_unet"] = row["vgg16_mdn_s"] / row["unet_s"]
+        results.append(row)
+        print(f"{k:>4}x {row['pixels']:>12,d} " + " ".join(f"{row[f'{n}_s']:>14.3f}" for n in nets)
+              + f" {row['ratio_mdn_vs_unet']:>7.2f}")
+
+    px = np.array([r["pixels"] for r in results], float)
+    fits = {}
+    for name in nets:
+        t = np.array([r[f"{name}_s"] for r in results])
+        b, a = np.polyfit(px, t, 1)
+        pred = a + b * px
+        r2 = 1 - ((t - pred) ** 2).sum() / ((t - t.mean()) ** 2).sum()
+        fits[name] = {"intercept_s": float(a), "s_per_megapixel": float(b * 1e6), "r2": float(r2),
+                      "megapixels_per_s_at_9x": float(px[-1] / 1e6 / t[-1])}
+        print(f"{name}: time = {a:.3f} s + {b * 1e6:.3f} s/MP (R² {r2:.4f}); {fits[name]['megapixels_per_s_at_9x']:.2f} MP/s at 9x")
+
+    device_name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
+    result = {
+        "device": str(device), "device_name": device_name, "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "base": base, "tile": tile, "overlap": args.overlap, "batch": batch,
+        "models_m_params": params, "small_models": small, "repeats": repeats, "rows": results, "fits": fits,
+        "bf16_channels_last": cuda,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(results, fits, out.with_suffix(".png"), f"{device_name}, tile {tile}, base {base}²")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def plot(results: list[dict], fits: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    px = np.array([r["pixels"] for r in results]) / 1e6
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, f in fits.items():
+        t = [r[f"{name}_s"] for r in results]
+        ax.plot(px, t, "o", label=f"{name} ({f['s_per_megapixel']:.3g} s/MP, R² {f['r2']:.3f})")
+        ax.plot(px, f["intercept_s"] + f["s_per_megapixel"] * px, "-", alpha=0.5)
+    for r in results:
+        ax.annotate(f"{r['multiple']}×", (r["pixels"] / 1e6, r["vgg16_mdn_s"]), textcoords="offset points",
+                    xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_xlabel("image size (megapixels)")
+    ax.set_ylabel("inference time (s)")
+    ax.set_title(f"whole-slide runtime: {title}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
