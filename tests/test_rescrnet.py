@@ -1,0 +1,237 @@
+"""Res-CR-Net, its ConvLSTM cell, the Tanimoto loss and the multi-class helpers, on shapes and
+hand-made values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from histoflow.io import InputError, write_image
+from histoflow.models import build_model
+from histoflow.models.rescrnet import BiConvLSTM, ConvLSTMCell, ConvResBlock, LSTMResBlock
+from histoflow.semantic import (
+    class_instances,
+    class_metrics,
+    cleanup_classes,
+    confusion_matrix,
+    read_class_mask,
+    tanimoto_loss,
+)
+
+# --------------------------------------------------------------------------------------------------
+# ConvLSTM
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dims,spatial", [(1, (7,)), (2, (5, 6))])
+def test_convlstm_cell_shapes_and_zero_initial_state(dims, spatial):
+    cell = ConvLSTMCell(3, 4, kernel_size=3, dims=dims)
+    x = torch.rand(2, 3, *spatial)
+    h, c = cell(x)
+    assert h.shape == c.shape == (2, 4, *spatial)
+    z = torch.zeros(2, 4, *spatial)
+    h2, c2 = cell(x, (z, z))
+    torch.testing.assert_close(h, h2)
+    assert (h.abs() < 1).all()  # h = o * tanh(c)
+
+
+def test_convlstm_rejects_even_kernels_and_bad_dims():
+    with pytest.raises(ValueError, match="odd"):
+        ConvLSTMCell(1, 1, kernel_size=2)
+    with pytest.raises(ValueError, match="dims"):
+        ConvLSTMCell(1, 1, dims=3)
+
+
+def test_convlstm_learns_to_remember_the_first_frame():
+    """A tiny sequence task only a recurrent memory solves: at every step output frame 0."""
+    torch.manual_seed(0)
+    cell = ConvLSTMCell(1, 6, kernel_size=3, dims=1)
+    readout = torch.nn.Conv1d(6, 1, 1)
+    opt = torch.optim.Adam([*cell.parameters(), *readout.parameters()], lr=0.03)
+
+    def batch(n=32, steps=5, width=8):
+        seq = (torch.rand(n, steps, 1, width) > 0.5).float()
+        return seq, seq[:, 0]
+
+    def loss_of(seq, first):
+        state, loss = None, 0.0
+        for t in range(seq.shape[1]):
+            state = cell(seq[:, t], state)
+            loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(readout(state[0]), first)
+        return loss / seq.shape[1]
+
+    seq, first = batch()
+    with torch.no_grad():
+        start = float(loss_of(seq, first))
+    for _ in range(150):
+        seq, first = batch()
+        loss = loss_of(seq, first)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    seq, first = batch(n=64)
+    with torch.no_grad():
+        state, correct = None, []
+        for t in range(seq.shape[1]):
+            state = cell(seq[:, t], state)
+            correct.append(((readout(state[0]) > 0).float() == first).float().mean())
+    with torch.no_grad():
+        assert float(loss_of(seq, first)) < 0.3 * start
+    assert float(correct[-1]) > 0.95  # still remembers frame 0 four steps later
+
+
+def test_bidirectional_lstm_sees_the_future():
+    torch.manual_seed(0)
+    bi = BiConvLSTM(2, 3, dims=1)
+    seq = torch.rand(1, 6, 2, 5)
+    later = seq.clone()
+    later[:, -1] += 1  # change only the last step
+    out, out2 = bi(seq), bi(later)
+    assert out.shape == (1, 6, 3, 5)
+    assert not torch.allclose(out[:, 0], out2[:, 0])  # the backward pass carries it to step 0
+
+
+def test_lstm_block_propagates_along_rows_and_columns():
+    torch.manual_seed(0)
+    block = LSTMResBlock(2, 3, kernel=3, slope=0.1).eval()
+    x = torch.rand(1, 2, 9, 11)
+    y = x.clone()
+    y[0, :, 4, 5] += 1.0
+    with torch.no_grad():
+        d = (block(x) - block(y)).abs().sum(1)[0]
+    assert d[0, 5] > 0 and d[8, 5] > 0  # far along the column (row scan steps over rows)
+    assert d[4, 0] > 0 and d[4, 10] > 0  # far along the row (column scan)
+
+
+# --------------------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(1, 1), (17, 33), (32, 9)])
+def test_rescrnet_keeps_any_size(size):
+    m = build_model("rescrnet", in_channels=3, out_channels=3, filters=8, n_conv=2, n_lstm=1, lstm_hidden=4).eval()
+    with torch.no_grad():
+        assert m(torch.rand(2, 3, *size)).shape == (2, 3, *size)
+
+
+@pytest.mark.parametrize("merge", ["concat", "add"])
+def test_conv_res_block_shapes_on_odd_sizes(merge):
+    block = ConvResBlock(6, 3, (1, 3, 5), merge, 0.1, 0.2).eval()
+    x = torch.rand(2, 6, 13, 7)
+    assert block(x).shape == x.shape
+    assert len(block.branches) == 3
+    dil = [b[0][0].dilation for b in block.branches]
+    assert dil == [(1, 1), (3, 3), (5, 5)] and all(b[0][0].groups == 6 for b in block.branches)  # separable
+    with pytest.raises(ValueError, match="merge"):
+        ConvResBlock(6, 3, (1,), "mean", 0.1, 0.0)
+
+
+def test_rescrnet_defaults_follow_the_seed():
+    m = build_model("rescrnet", out_channels=2)
+    assert len(m.conv_blocks) == 6 and len(m.lstm_blocks) == 1
+    assert not any(isinstance(x, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)) for x in m.modules())
+    assert any(isinstance(x, torch.nn.LeakyReLU) for x in m.modules())
+    assert any(isinstance(x, torch.nn.Dropout2d) for x in m.modules())
+
+
+# --------------------------------------------------------------------------------------------------
+# Tanimoto loss
+# --------------------------------------------------------------------------------------------------
+
+
+def test_tanimoto_is_zero_for_a_perfect_prediction():
+    y = torch.tensor([[[0, 1], [2, 1]]])
+    logits = torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float() * 50
+    assert float(tanimoto_loss(logits, y)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_tanimoto_on_hand_made_values():
+    # binary, C = 1: p = 0.5 on two pixels, labels (1, 0)
+    logits = torch.zeros(1, 1, 1, 2)
+    y = torch.tensor([[[[1.0, 0.0]]]])
+    # T(p, y) = 0.5 / (0.5 + 1 - 0.5) = 0.5; complement identical by symmetry -> loss 0.5
+    assert float(tanimoto_loss(logits, y, smooth=0.0)) == pytest.approx(0.5)
+    # one pixel, p = 0.5, y = 1: T(p,y) = 0.5 / (0.25 + 1 - 0.5) = 2/3; T(1-p, 1-y) = 0 / 0.25 = 0
+    one = tanimoto_loss(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1), smooth=0.0)
+    assert float(one) == pytest.approx(1 - (2 / 3 + 0) / 2)
+    # pixel weights: a zero-weight pixel is ignored entirely
+    w = torch.tensor([[[[1.0, 0.0]]]])
+    got = tanimoto_loss(torch.tensor([[[[0.0, 9.0]]]]), y, weights=w, smooth=0.0)
+    assert float(got) == pytest.approx(float(one))
+
+
+def test_tanimoto_class_weights():
+    y = torch.tensor([[[0, 1]]])
+    logits = torch.tensor([[[[5.0, 5.0]], [[-5.0, 5.0]]]]).permute(0, 1, 2, 3)  # class 0 right on pixel 0 only
+    logits = logits.reshape(1, 2, 1, 2)
+    per_class = [float(1 - tanimoto_loss(logits, y, class_weights=k)) for k in ([1, 0], [0, 1])]
+    mixed = float(1 - tanimoto_loss(logits, y, class_weights=[3, 1]))
+    assert mixed == pytest.approx((3 * per_class[0] + per_class[1]) / 4)
+    with pytest.raises(ValueError, match="class_weights"):
+        tanimoto_loss(logits, y, class_weights=[1, 2, 3])
+
+
+def test_tanimoto_gradient_points_to_the_label():
+    logits = torch.zeros(1, 3, 2, 2, requires_grad=True)
+    y = torch.tensor([[[2, 2], [2, 2]]])
+    tanimoto_loss(logits, y).backward()
+    assert (logits.grad[:, 2] < 0).all() and (logits.grad[:, :2] > 0).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# class masks, cleanup, metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def test_read_class_mask_values_and_palette(tmp_path):
+    write_image(tmp_path / "g.png", np.array([[0, 255], [255, 0]], np.uint8))
+    np.testing.assert_array_equal(read_class_mask(tmp_path / "g.png", 2, class_values=[0, 255]), [[0, 1], [1, 0]])
+    with pytest.raises(InputError, match=r"g\.png.*\[255\].*class_values"):
+        read_class_mask(tmp_path / "g.png", 2)  # values would have to be 0 and 1
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 1] = (255, 0, 0)
+    rgb[1, 1] = (0, 0, 255)
+    write_image(tmp_path / "c.png", rgb)
+    pal = [[0, 0, 0], [255, 0, 0], [0, 0, 255]]
+    np.testing.assert_array_equal(read_class_mask(tmp_path / "c.png", 3, palette=pal), [[0, 1], [0, 2]])
+    with pytest.raises(InputError, match="palette"):
+        read_class_mask(tmp_path / "c.png", 3)
+    with pytest.raises(InputError, match=r"RGB\(0, 0, 255\)"):
+        read_class_mask(tmp_path / "c.png", 2, palette=pal[:2])
+
+
+def test_class_instances_separate_classes_not_touching_objects():
+    c = np.array([[1, 1, 2, 0, 1]])
+    inst = class_instances(c)
+    assert inst[0, 0] == inst[0, 1] != inst[0, 2] and inst[0, 3] == 0 and inst[0, 4] not in (0, inst[0, 0])
+
+
+def test_cleanup_hands_small_regions_to_their_surroundings():
+    c = np.zeros((7, 7), np.uint8)
+    c[1:6, 1:6] = 1
+    c[3, 3] = 2  # a one-pixel speck of class 2 inside class 1
+    c[0, 6] = 2  # and one in the background corner
+    out = cleanup_classes(c, min_size=2)
+    assert out[3, 3] == 1 and out[0, 6] == 0
+    assert (out[1:6, 1:6] == 1).all()
+    np.testing.assert_array_equal(cleanup_classes(c, 0), c)
+
+
+def test_confusion_matrix_and_class_metrics_by_hand():
+    gt = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    cm = confusion_matrix(pred, gt, 3)
+    np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 2, 0], [1, 0, 1]])
+    m = class_metrics(cm, ["bg", "a", "b"])
+    assert m["pixel_accuracy"] == pytest.approx(4 / 6)
+    assert m["dice_bg"] == pytest.approx(2 * 1 / (2 + 1 + 1))  # tp 1, fp 1, fn 1
+    assert m["jaccard_a"] == pytest.approx(2 / 3) and m["precision_a"] == pytest.approx(2 / 3)
+    assert m["recall_a"] == 1.0 and m["recall_b"] == 0.5 and m["precision_b"] == 1.0
+    assert m["f1_b"] == m["dice_b"] == pytest.approx(2 / 3)
+    assert m["mean_dice"] == pytest.approx(np.mean([0.5, 0.8, 2 / 3]))
+    # a class absent from truth and prediction is not a failure
+    assert class_metrics(confusion_matrix(np.zeros(3, int), np.zeros(3, int), 2))["dice_1"] == 1.0
+    with pytest.raises(ValueError, match="class indices"):
+        confusion_matrix(np.array([3]), np.array([0]), 3)

@@ -1,0 +1,201 @@
+"""Res-CR-Net: residual blocks of separable atrous convolutions and a bidirectional ConvLSTM block.
+
+No pooling anywhere: every feature map keeps the input size, so any image size works and thin
+structures (membranes, fibre boundaries) are never down-sampled away. The network is
+
+- a STEM block (3×3 conv → LeakyReLU → 3×3 conv, plus a 1×1 shortcut);
+- ``n_conv`` CONV RES blocks: three parallel branches of depthwise-separable atrous convolutions
+  (one dilation rate each), concatenated (or added), projected by a 1×1 conv and added to the
+  shortcut, then Spatial Dropout;
+- ``n_lstm`` LSTM RES blocks: a bidirectional 2-D convolutional LSTM runs over the rows (each row a
+  time step) and another over the columns; their outputs, summed over both directions and both
+  scans, are added to the shortcut;
+- a 1×1 head giving ``C`` class logits (softmax is applied by the loss and at inference).
+
+:class:`ConvLSTMCell` is the small, separately tested building block: one step of a convolutional
+LSTM whose "images" here are 1-D (a row of the feature map, channels × width).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import register_model
+
+
+class ConvLSTMCell(nn.Module):
+    """One step of a convolutional LSTM (Shi et al., NeurIPS 2015) on ``(N, C, *spatial)`` tensors.
+
+    The gates ``i, f, o, g`` come from one convolution of ``[x, h]``; ``c' = f c + i g``,
+    ``h' = o tanh(c')``. ``dims`` is 1 (sequences of rows: spatial ``(W,)``) or 2 (sequences of
+    images). Padding keeps the spatial size. The forget-gate bias starts at 1 (a common LSTM
+    initialisation that helps long sequences).
+    """
+
+    def __init__(self, in_channels: int, hidden: int, kernel_size: int = 3, dims: int = 1) -> None:
+        super().__init__()
+        if dims not in (1, 2):
+            raise ValueError(f"dims must be 1 or 2, got {dims}")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd to keep the size, got {kernel_size}")
+        conv = nn.Conv1d if dims == 1 else nn.Conv2d
+        self.hidden = hidden
+        self.conv = conv(in_channels + hidden, 4 * hidden, kernel_size, padding=kernel_size // 2)
+        with torch.no_grad():
+            self.conv.bias.zero_()
+            self.conv.bias[hidden : 2 * hidden] = 1.0
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """``x (N, C_in, *S)`` and ``(h, c)`` each ``(N, hidden, *S)`` (zeros when ``None``) →
+        the new ``(h, c)``."""
+        if state is None:
+            z = x.new_zeros((x.shape[0], self.hidden, *x.shape[2:]))
+            state = (z, z)
+        h, c = state
+        i, f, o, g = self.conv(torch.cat([x, h], dim=1)).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+
+class BiConvLSTM(nn.Module):
+    """Bidirectional ConvLSTM over the time axis of ``(N, T, C, *S)``; returns the forward and the
+    backward hidden sequences summed, ``(N, T, hidden, *S)``."""
+
+    def __init__(self, in_channels: int, hidden: int, kernel_size: int = 3, dims: int = 1) -> None:
+        super().__init__()
+        self.fwd = ConvLSTMCell(in_channels, hidden, kernel_size, dims)
+        self.bwd = ConvLSTMCell(in_channels, hidden, kernel_size, dims)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        steps = seq.shape[1]
+        out_f, out_b = [], [None] * steps
+        state = None
+        for t in range(steps):
+            state = self.fwd(seq[:, t], state)
+            out_f.append(state[0])
+        state = None
+        for t in reversed(range(steps)):
+            state = self.bwd(seq[:, t], state)
+            out_b[t] = state[0]
+        return torch.stack(out_f, 1) + torch.stack(out_b, 1)
+
+
+def _separable(cin: int, cout: int, kernel: int, dilation: int) -> nn.Sequential:
+    """Depthwise atrous convolution then a pointwise 1×1 (padding keeps the size)."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, kernel, padding=dilation * (kernel // 2), dilation=dilation, groups=cin, bias=False),
+        nn.Conv2d(cin, cout, 1),
+    )
+
+
+class StemBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, slope: float) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.BatchNorm2d(cout), nn.LeakyReLU(slope, inplace=True),
+            nn.Conv2d(cout, cout, kernel, padding=kernel // 2), nn.BatchNorm2d(cout),
+        )
+        self.shortcut = nn.Conv2d(cin, cout, 1)
+        self.act = nn.LeakyReLU(slope, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class ConvResBlock(nn.Module):
+    """Three parallel separable atrous branches (one dilation each), merged, projected, added to the
+    input; LeakyReLU; Spatial Dropout."""
+
+    def __init__(self, channels: int, kernel: int, dilations: tuple[int, ...], merge: str, slope: float,
+                 dropout: float) -> None:
+        super().__init__()
+        if merge not in ("concat", "add"):
+            raise ValueError(f"merge must be 'concat' or 'add', got {merge!r}")
+        self.merge = merge
+        self.branches = nn.ModuleList(
+            nn.Sequential(_separable(channels, channels, kernel, d), nn.BatchNorm2d(channels), nn.LeakyReLU(slope))
+            for d in dilations
+        )
+        self.project = nn.Conv2d(channels * (len(dilations) if merge == "concat" else 1), channels, 1)
+        self.act = nn.LeakyReLU(slope, inplace=True)
+        self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [b(x) for b in self.branches]
+        merged = torch.cat(outs, 1) if self.merge == "concat" else torch.stack(outs).sum(0)
+        return self.drop(self.act(x + self.project(merged)))
+
+
+class LSTMResBlock(nn.Module):
+    """Bidirectional ConvLSTMs over the rows and over the columns of the feature map, summed and
+    added to the shortcut."""
+
+    def __init__(self, channels: int, hidden: int, kernel: int, slope: float) -> None:
+        super().__init__()
+        self.rows = BiConvLSTM(channels, hidden, kernel, dims=1)
+        self.cols = BiConvLSTM(channels, hidden, kernel, dims=1)
+        self.project = nn.Conv2d(hidden, channels, 1) if hidden != channels else nn.Identity()
+        self.act = nn.LeakyReLU(slope, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # rows as time steps: (N, C, H, W) -> (N, H, C, W); columns: (N, W, C, H)
+        r = self.rows(x.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)
+        c = self.cols(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.act(x + self.project(r + c))
+
+
+@register_model("rescrnet")
+class ResCRNet(nn.Module):
+    """Res-CR-Net (registered as ``rescrnet``).
+
+    Parameters
+    ----------
+    in_channels, out_channels:
+        Input channels and classes ``C`` (logits; use softmax, or sigmoid when ``C == 1``).
+    filters:
+        Channels of every block (no pooling, so one width throughout).
+    n_conv, n_lstm:
+        Numbers of CONV RES and LSTM RES blocks (seed: 6 and 1).
+    kernel_size, dilations, merge:
+        Kernel of the separable atrous convolutions, one dilation rate per branch, and how branches
+        are merged (``concat`` then 1×1 projection, or ``add``).
+    lstm_hidden, lstm_kernel:
+        Hidden channels and (1-D) kernel of the ConvLSTM cells.
+    dropout, slope:
+        Spatial Dropout rate after each CONV RES block; LeakyReLU negative slope.
+
+    Shapes
+    ------
+    ``forward``: ``(N, in_channels, H, W)`` → ``(N, out_channels, H, W)`` logits, any ``H, W >= 1``.
+    The LSTM block steps over H rows and W columns, so its cost grows with the tile edge.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 2,
+        filters: int = 32,
+        n_conv: int = 6,
+        n_lstm: int = 1,
+        kernel_size: int = 3,
+        dilations: tuple[int, ...] | list[int] = (1, 3, 5),
+        merge: str = "concat",
+        lstm_hidden: int = 16,
+        lstm_kernel: int = 3,
+        dropout: float = 0.1,
+        slope: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if n_conv < 0 or n_lstm < 0 or filters < 1:
+            raise ValueError(f"n_conv, n_lstm must be >= 0 and filters >= 1, got {n_conv}, {n_lstm}, {filters}")
+        dilations = tuple(int(d) for d in dilations)
+        self.stem = StemBlock(in_channels, filters, kernel_size, slope)
+        self.conv_blocks = nn.Sequential(*(ConvResBlock(filters, kernel_size, dilations, merge, slope, dropout)
+                                           for _ in range(n_conv)))
+        self.lstm_blocks = nn.Sequential(*(LSTMResBlock(filters, lstm_hidden, lstm_kernel, slope) for _ in range(n_lstm)))
+        self.head = nn.Conv2d(filters, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm_blocks(self.conv_blocks(self.stem(x))))
