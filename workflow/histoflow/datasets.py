@@ -27,6 +27,8 @@ class Dataset:
     train: list[str] = field(default_factory=list)
     test: list[str] = field(default_factory=list)
     pixel_size_um: float | None = None
+    class_values: list[int] | None = None
+    palette: list[list[int]] | None = None
 
     @property
     def stems(self) -> list[str]:
@@ -62,7 +64,8 @@ def resolve_dataset(name: str, cfg: dict[str, Any], config: dict[str, Any]) -> D
     if cfg.get("generator"):
         stems = demo_stems(config["demo"]["n_images"])
         images = {s: f"{results}/data/{name}/images/{s}.png" for s in stems}
-        masks = {s: f"{results}/data/{name}/labels/{s}.png" for s in stems}
+        folder = "classes" if cfg["mask_type"] == "classes" else "labels"
+        masks = {s: f"{results}/data/{name}/{folder}/{s}.png" for s in stems}
     else:
         images = {s: str(p) for s, p in list_stems(cfg["images"]).items()}
         masks_all = {s: str(p) for s, p in list_stems(cfg["masks"]).items()}
@@ -77,11 +80,36 @@ def resolve_dataset(name: str, cfg: dict[str, Any], config: dict[str, Any]) -> D
             )
         masks = {s: masks_all[s] for s in images}
     train, test = split_test(sorted(images), cfg["split"], cfg["test_fraction"], config["seed"])
-    return Dataset(name, images, masks, cfg["mask_type"], train, test, cfg.get("pixel_size_um"))
+    return Dataset(name, images, masks, cfg["mask_type"], train, test, cfg.get("pixel_size_um"),
+                   cfg.get("class_values"), cfg.get("palette"))
 
 
 def resolve_datasets(config: dict[str, Any]) -> dict[str, Dataset]:
+    check_classes(config)
     out = {name: resolve_dataset(name, cfg, config) for name, cfg in config["datasets"].items()}
     if not any(d.train for d in out.values()):
         raise InputError("no dataset has training images: set split: train or auto on at least one dataset.")
     return out
+
+
+def check_classes(config: dict[str, Any]) -> None:
+    """A multi-class workflow (``classes:``) needs class masks everywhere, and class masks need it."""
+    classes = config.get("classes") or []
+    if len(classes) == 1:
+        raise InputError("classes: name at least 2 classes (index 0 first, usually the background), or none for "
+                         "a binary workflow.")
+    for name, d in config["datasets"].items():
+        if classes and d["mask_type"] != "classes":
+            raise InputError(f"datasets.{name}.mask_type is {d['mask_type']!r} but `classes` makes this a multi-class "
+                             "workflow: set mask_type: classes (with class_values or palette if needed).")
+        if not classes and d["mask_type"] == "classes":
+            raise InputError(f"datasets.{name}.mask_type is 'classes': name the classes in `classes:` "
+                             "(e.g. [background, membrane]).")
+        for key in ("class_values", "palette"):
+            if classes and d.get(key) is not None and len(d[key]) != len(classes):
+                raise InputError(f"datasets.{name}.{key} has {len(d[key])} entries for {len(classes)} classes.")
+    for name, m in config.get("models", {}).items():
+        for stage in ("pretrain", "train"):
+            target = (m.get(stage) or {}).get("target")
+            if not classes and target == "classes":
+                raise InputError(f"models.{name}.{stage}.target is 'classes' but no `classes:` are configured.")

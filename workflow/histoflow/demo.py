@@ -740,3 +740,19 @@ def make_demo_dataset(
         _write_png_atomic(out_images / f"{stem}.png", image)
         _write_png_atomic(out_labels / f"{stem}.png", labels.astype(np.uint16))
     return stems
+
+
+FIBRE_CLASSES = ("gap", "cytoplasm", "boundary")
+
+
+def fibre_classes(labels: np.ndarray, boundary_width: float = 2.0) -> np.ndarray:
+    """The 3-class version of a fibre label map, ``uint8 (H, W)``: 1 = fibre cytoplasm, 2 = boundary
+    (the membrane band: background within ``boundary_width`` px of a fibre), 0 = gap (perimysium and
+    other background farther away); class names :data:`FIBRE_CLASSES`."""
+    fibre = labels > 0
+    out = np.zeros(labels.shape, np.uint8)
+    out[fibre] = 1
+    if fibre.any():
+        near = _edt(~fibre) <= boundary_width
+        out[near & ~fibre] = 2
+    return out

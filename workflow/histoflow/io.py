@@ -111,7 +111,9 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray) -> None:
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix.lower() in (".tif", ".tiff"):
-            tifffile.imwrite(tmp, array, compression="zlib")
+            rgb = array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8
+            # anything else is greyscale (a stack of planes: class probabilities, slices)
+            tifffile.imwrite(tmp, array, compression="zlib", photometric="rgb" if rgb else "minisblack")
         else:
             iio.imwrite(tmp, array, extension=path.suffix)
 

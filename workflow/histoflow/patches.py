@@ -35,9 +35,9 @@ from .io import atomic_path
 from .tiling import tile_starts
 
 TARGET_FIELDS = ("masks", "boundaries", "interiors")
-FIELDS = ("images", "masks", "labels", "boundaries", "interiors", "weights", "distance_weights",
+FIELDS = ("images", "masks", "labels", "boundaries", "interiors", "classes", "weights", "distance_weights",
           *(f"balance_{t}" for t in TARGET_FIELDS))
-_PIXEL_DTYPES = {"images": np.uint8, "labels": np.int32, **{t: np.uint8 for t in TARGET_FIELDS}}
+_PIXEL_DTYPES = {"images": np.uint8, "labels": np.int32, "classes": np.uint8, **{t: np.uint8 for t in TARGET_FIELDS}}
 
 
 def boundary_map(labels: np.ndarray, width: int = 1) -> np.ndarray:
@@ -132,6 +132,7 @@ class Patch:
     origin: tuple[int, int]
     distance_weights: np.ndarray | None = None
     balance: dict[str, np.ndarray] = field(default_factory=dict)
+    classes: np.ndarray | None = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -146,6 +147,7 @@ class Patch:
         valid = (self.weights > 0).astype(np.float32)
         out = {"images": self.image, "masks": self.mask, "labels": self.labels, "boundaries": self.boundaries,
                "interiors": self.interiors, "weights": self.weights,
+               "classes": self.mask if self.classes is None else self.classes,
                "distance_weights": valid if self.distance_weights is None else self.distance_weights}
         for t in TARGET_FIELDS:
             out[f"balance_{t}"] = self.balance.get(t, valid)
@@ -177,6 +179,7 @@ def extract_patches(
     weight_sigma: float = 5.0,
     distance_w0: float = 10.0,
     distance_sigma: float = 3.0,
+    classes: np.ndarray | None = None,
 ) -> Iterator[Patch]:
     """Cut patches (``size`` × ``size``) with all their targets from one image.
 
@@ -184,7 +187,8 @@ def extract_patches(
     the image with at least ``overlap`` pixels overlap (see :func:`histoflow.tiling.tile_starts`).
     Targets and weights (boundaries, U-Net weights, the fibre loss's distance and class-balance
     terms, the latter per target and per image) are computed on the whole image first, so they are
-    correct at patch borders.
+    correct at patch borders. ``classes`` (``(H, W)`` class indices, multi-class workflows) is cut
+    alongside; ``labels`` are then its per-class components (:func:`histoflow.semantic.class_instances`).
     """
     if image.shape[:2] != labels.shape:
         raise ValueError(f"{stem}: image {image.shape[:2]} and labels {labels.shape} differ in size")
@@ -194,8 +198,9 @@ def extract_patches(
     fg = labels > 0
     targets = {"masks": fg, "boundaries": boundaries > 0, "interiors": fg & (boundaries == 0)}
     balance = [class_balance_map(targets[t]) for t in TARGET_FIELDS]
-    image, (labels_p, boundaries, weights, distance, *balance) = pad_to(
-        image, [labels, boundaries, weights, distance, *balance], size
+    cls = (fg if classes is None else classes).astype(np.uint8)
+    image, (labels_p, boundaries, weights, distance, cls, *balance) = pad_to(
+        image, [labels, boundaries, weights, distance, cls, *balance], size
     )
     h, w = labels_p.shape
     if mode == "random":
@@ -208,7 +213,7 @@ def extract_patches(
     for y, x in origins:
         sl = (slice(y, y + size), slice(x, x + size))
         yield Patch(image[sl], labels_p[sl], boundaries[sl], weights[sl], stem, (y, x), distance[sl],
-                    {t: b[sl] for t, b in zip(TARGET_FIELDS, balance, strict=True)})
+                    {t: b[sl] for t, b in zip(TARGET_FIELDS, balance, strict=True)}, cls[sl])
 
 
 def write_patch_store(

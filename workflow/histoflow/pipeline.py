@@ -8,6 +8,7 @@ tested without Snakemake.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -23,12 +24,16 @@ PathLike = str | os.PathLike[str]
 
 
 def run_demo_data(out_dir: PathLike, demo: dict[str, Any]) -> list[str]:
-    """Generate the synthetic muscle-fibre dataset into ``out_dir/images`` and ``out_dir/labels``."""
-    from .demo import FibreParams, make_demo_dataset
+    """Generate the synthetic muscle-fibre dataset into ``out_dir/images`` and ``out_dir/labels``, and
+    its 3-class masks (gap / cytoplasm / boundary) into ``out_dir/classes``."""
+    from .demo import FibreParams, fibre_classes, make_demo_dataset
 
     out = Path(out_dir)
     params = FibreParams(size=(demo["size"], demo["size"]), fibre_diameter=demo["fibre_diameter"])
     stems = make_demo_dataset(out / "images", out / "labels", demo["n_images"], demo["seed"], params)
+    (out / "classes").mkdir(exist_ok=True)
+    for stem in stems:
+        write_image(out / "classes" / f"{stem}.png", fibre_classes(read_labels(out / "labels" / f"{stem}.png")))
     log.info("wrote %d demo images to %s", len(stems), out)
     return stems
 
@@ -64,9 +69,14 @@ def run_extract_patches(
     seed: int,
     out_store: PathLike,
     out_split: PathLike,
+    classes: list[str] | None = None,
 ) -> dict[str, int]:
-    """Split each dataset's training images into train/val and write all their patches to HDF5."""
+    """Split each dataset's training images into train/val and write all their patches to HDF5.
+
+    With ``classes`` (a multi-class workflow) the masks are class masks; their per-class components
+    are the instance labels behind the boundary and contour-aware weight maps."""
     from .patches import extract_patches, split_stems, write_patch_store
+    from .semantic import class_instances, read_truth
 
     rng = np.random.default_rng(seed)
     roles: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
@@ -79,7 +89,8 @@ def run_extract_patches(
         for name, stem in items:
             d = datasets[name]
             image = read_rgb(Path(normalized_dirs[name]) / f"{stem}.png")
-            labels = read_labels(d["masks"][stem], d["mask_type"])
+            truth = read_truth(d, stem, classes)
+            labels = class_instances(truth) if classes else truth
             if image.shape[:2] != labels.shape:
                 raise ValueError(
                     f"{d['masks'][stem]}: mask is {labels.shape} but its image {d['images'][stem]} is "
@@ -90,6 +101,7 @@ def run_extract_patches(
                 overlap=patches["overlap"], rng=rng, boundary_width=patches["boundary_width"],
                 weight_w0=patches["weight_w0"], weight_sigma=patches["weight_sigma"],
                 distance_w0=patches["distance_w0"], distance_sigma=patches["distance_sigma"],
+                classes=truth if classes else None,
             )
 
     # Validation always uses the grid, so its score does not depend on random crops.
@@ -97,7 +109,7 @@ def run_extract_patches(
         out_store,
         {"train": patches_of(roles["train"], patches["mode"]), "val": patches_of(roles["val"], "grid")},
         patches["size"],
-        attrs={"boundary_width": patches["boundary_width"]},
+        attrs={"boundary_width": patches["boundary_width"], "classes": json.dumps(list(classes or []))},
     )
     write_json(out_split, {k: [f"{n}/{s}" for n, s in v] for k, v in roles.items()} | {"counts": counts})
     log.info("patches: %s", counts)
@@ -128,8 +140,13 @@ def run_train(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
-    cfg = TrainConfig(**model_cfg.get(stage, {}), seed=seed)
-    kwargs = {"in_channels": 3, "out_channels": 1, **model_cfg.get("params", {})}
+    attrs = read_store_attrs(store)
+    classes = json.loads(attrs.get("classes", "[]"))
+    stage_cfg = dict(model_cfg.get(stage, {}))
+    if classes:  # multi-class workflow: a softmax over the classes, whatever the target was
+        stage_cfg["target"] = "classes"
+    cfg = TrainConfig(**stage_cfg, seed=seed)
+    kwargs = {"in_channels": 3, "out_channels": len(classes) if classes else 1, **model_cfg.get("params", {})}
     seed_everything(seed)  # the initial weights are part of the reproducible run
     model = build_model(model_cfg["arch"], **kwargs)
     init = Path(init_from) / "model.pt" if init_from else (Path(model_cfg["weights"]) if model_cfg.get("weights") else None)
@@ -158,7 +175,8 @@ def run_train(
         "kwargs": kwargs,
         "input": "rgb/255",
         "target": cfg.target,
-        "boundary_width": int(read_store_attrs(store).get("boundary_width", 1)),
+        "boundary_width": int(attrs.get("boundary_width", 1)),
+        "classes": classes,
         "threshold": result["threshold"],
         "batch_size": cfg.batch_size,
         "val_dice": result["val_dice"],
@@ -230,7 +248,8 @@ def run_predict(
     model_dir: PathLike, normalized_dir: PathLike, stems: list[str], predict: dict[str, Any], device: str,
     out_dir: PathLike,
 ) -> None:
-    """Tiled inference: ``out_dir/<stem>.tif`` float32 foreground probability per image."""
+    """Tiled inference: ``out_dir/<stem>.tif`` float32 foreground probability ``(H, W)`` per image, or
+    the class probabilities ``(C, H, W)`` (softmax, averaged across overlaps) of a multi-class model."""
     import torch
 
     from .device import prepare_model, resolve_device
@@ -240,7 +259,9 @@ def run_predict(
     dev = resolve_device(device)
     model, _spec = load_model(model_dir, dev)
     model = prepare_model(model, dev)
-    predictor = tta_predictor(lambda b: torch.sigmoid(model(b)), predict.get("tta", "none"))
+    multiclass = bool(_spec.get("classes"))
+    activation = (lambda z: torch.softmax(z.float(), dim=1)) if multiclass else torch.sigmoid
+    predictor = tta_predictor(lambda b: activation(model(b)), predict.get("tta", "none"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stem in stems:
@@ -251,7 +272,8 @@ def run_predict(
             predictor, x, tile=predict["tile"], overlap=predict["overlap"],
             batch_size=predict["batch_size"], blend=predict["blend"], device=dev,
             context=(getattr(model, "context_factor", 1) - 1) * predict["tile"] // 2,
-        )[0]
+        )
+        prob = prob if multiclass else prob[0]
         write_image(out / f"{stem}.tif", prob.astype(np.float32))
         log.info("%s: %dx%d in %.2fs", stem, image.shape[0], image.shape[1], time.perf_counter() - t0)
 
@@ -284,6 +306,7 @@ def run_ensemble_spec(member_specs: list[PathLike], members: list[str], weights:
         "arch": "ensemble", "members": members, "weights": w.tolist(),
         "threshold": float(sum(wi * s["threshold"] for wi, s in zip(w, specs, strict=True))),
         "target": targets.pop(), "boundary_width": max(int(s.get("boundary_width", 1)) for s in specs),
+        "classes": specs[0].get("classes", []),
     })
 
 
@@ -297,12 +320,20 @@ def run_postprocess(
 
     pp = PostprocessConfig(**cfg)
     spec = read_json(spec_json)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if spec.get("classes"):  # multi-class: argmax, then each class's specks handed to their surroundings
+        from .semantic import cleanup_classes
+
+        for p in sorted(Path(pred_dir).glob("*.tif")):
+            prob = read_image(p)
+            write_image(out / f"{p.stem}.tif", cleanup_classes(prob.argmax(0).astype(np.uint8), pp.min_size))
+        log.info("argmax class maps, regions under %d px merged into their surroundings", pp.min_size)
+        return
     default_th = float(spec.get("threshold", 0.5))
     grow = instance_growth(spec)
     log.info("threshold: %s%s", pp.threshold if pp.threshold is not None else f"{default_th} (validation-chosen)",
              f"; graph cut gamma={pp.gamma} sigma={pp.sigma} delta={pp.delta}" if pp.graphcut else "")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     for p in sorted(Path(pred_dir).glob("*.tif")):
         image = read_rgb(Path(normalized_dir) / f"{p.stem}.png") if (pp.graphcut and normalized_dir) else None
         labels = postprocess(read_image(p), pp, default_th, image, grow=grow)
@@ -348,14 +379,17 @@ def run_export_objects(
 
 def run_evaluate(
     instances_dir: PathLike, dataset: dict[str, Any], out_tsv: PathLike, out_summary: PathLike,
-    predictions_dir: PathLike | None = None,
+    predictions_dir: PathLike | None = None, classes: list[str] | None = None,
 ) -> dict[str, float]:
     """Per-image metrics of the test images and their summary.
 
     With ``predictions_dir`` (probability maps), each predicted object is scored by its mean
     probability and detection AP at IoU 0.5 is computed per image (``ap50``) and pooled over the
-    dataset (``ap50_pooled``, the VOC way: all detections ranked together).
+    dataset (``ap50_pooled``, the VOC way: all detections ranked together). With ``classes`` (a
+    multi-class workflow) the outputs are class maps, scored per class (:func:`evaluate_classes`).
     """
+    if classes:
+        return evaluate_classes(instances_dir, dataset, classes, out_tsv, out_summary)
     import pandas as pd
 
     from .io import atomic_path, read_image
@@ -432,4 +466,34 @@ def run_evaluate_fibres(
     if summary["n_images"]:
         log.info("per-fibre F1: FT %.4f ± %.4f (threshold %.2f), DT %.4f ± %.4f", summary["ft_f1_mean"],
                  summary["ft_f1_sd"], summary["ft_threshold"], summary["dt_f1_mean"], summary["dt_f1_sd"])
+    return summary
+
+
+def evaluate_classes(
+    classes_dir: PathLike, dataset: dict[str, Any], classes: list[str], out_tsv: PathLike, out_summary: PathLike,
+) -> dict[str, Any]:
+    """Per-class Dice, F1, Jaccard, precision, recall and pixel accuracy of every test image (rows), and
+    a summary with their mean ± sd over images, the same scores of the pooled confusion matrix
+    (``pooled_*``) and that matrix itself (``confusion``, rows = truth)."""
+    import pandas as pd
+
+    from .io import atomic_path, read_image
+    from .metrics import summarize
+    from .semantic import class_metrics, confusion_matrix, read_truth
+
+    rows, pooled = [], np.zeros((len(classes), len(classes)), np.int64)
+    for stem in dataset["test"]:
+        pred = read_image(Path(classes_dir) / f"{stem}.tif")
+        cm = confusion_matrix(pred, read_truth(dataset, stem, classes), len(classes))
+        pooled += cm
+        rows.append({"image": stem, **class_metrics(cm, classes)})
+    summary: dict[str, Any] = summarize(rows)
+    summary.update({f"pooled_{k}": v for k, v in class_metrics(pooled, classes).items()})
+    summary["classes"] = list(classes)
+    summary["confusion"] = pooled.tolist()
+    with atomic_path(out_tsv) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    write_json(out_summary, summary)
+    log.info("mean class Dice %.4f (pooled %.4f), pixel accuracy %.4f", summary["mean_dice_mean"],
+             summary["pooled_mean_dice"], summary["pooled_pixel_accuracy"])
     return summary

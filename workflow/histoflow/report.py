@@ -238,6 +238,76 @@ def morphometry_figure(results: str, models: list[str], datasets: list[str], dpi
     return _fig_tag(fig, dpi)
 
 
+CLASS_COLOURS = np.array([[40, 40, 40], [230, 120, 40], [60, 170, 230], [120, 200, 90], [220, 60, 150],
+                          [250, 220, 60], [150, 100, 220], [250, 250, 250]], np.uint8)
+
+
+def class_colours(classes: np.ndarray) -> np.ndarray:
+    """RGB ``uint8 (H, W, 3)`` of a class map (a fixed colour per class index, cycling past 8)."""
+    return CLASS_COLOURS[classes.astype(np.int64) % len(CLASS_COLOURS)]
+
+
+def class_section(results: str, models: list[str], datasets: dict[str, dict[str, Any]], classes: list[str],
+                  options: dict[str, Any], fig_dir: Path) -> str:
+    """Multi-class results: per-class scores of the pooled test pixels, the mean over classes, the
+    confusion matrices (row-normalised) and class-map overlays."""
+    from .semantic import read_truth
+
+    dpi = options["dpi"]
+    plt = _plt()
+    rows, mats = [], []
+    for m in models:
+        for d in datasets:
+            s = read_json(Path(results) / "metrics" / m / f"{d}_summary.json")
+            for c in classes:
+                rows.append([m, d, c] + [f"{s[f'pooled_{k}_{c}']:.3f}" for k in ("dice", "jaccard", "precision", "recall")]
+                            + [f"{s.get(f'dice_{c}_mean', np.nan):.3f} ± {s.get(f'dice_{c}_sd', np.nan):.3f}"])
+            rows.append([m, d, "mean over classes"]
+                        + [f"{s[f'pooled_mean_{k}']:.3f}" for k in ("dice", "jaccard", "precision", "recall")]
+                        + [f"{s['mean_dice_mean']:.3f} ± {s['mean_dice_sd']:.3f}"])
+            mats.append((f"{m} / {d} (pixel accuracy {s['pooled_pixel_accuracy']:.3f})", np.array(s["confusion"], float)))
+    parts = [_table(["model", "dataset", "class", "Dice (= F1)", "Jaccard", "precision", "recall",
+                     "Dice per image (mean ± sd)"], rows),
+             "<p class=note>Scores of all test pixels pooled (confusion matrix summed over images), and the "
+             "per-image Dice as mean ± sd; 'mean over classes' is the unweighted mean, as the seeds report it.</p>"]
+    fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 3.8), squeeze=False)
+    for ax, (title, cm) in zip(axes[0], mats, strict=True):
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(classes)), classes, rotation=30, fontsize=8)
+        ax.set_yticks(range(len(classes)), classes, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("ground truth")
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    parts.append(_fig_tag(fig, dpi))
+    parts.append("<h3>Class maps on test images</h3>")
+    for m in models:
+        for d, dataset in datasets.items():
+            for stem in dataset["test"][: options["n_overlays"]]:
+                image = read_rgb(Path(results) / "normalized" / d / f"{stem}.png")
+                pred = read_image(Path(results) / "instances" / m / d / f"{stem}.tif")
+                gt = read_truth(dataset, stem, classes)
+                fig, axes = plt.subplots(1, 3, figsize=(12, 4.3))
+                for ax, img, title in zip(axes, (image, class_colours(gt), class_colours(pred)),
+                                          (f"{d}/{stem}", "ground truth", f"{m}"), strict=True):
+                    ax.imshow(img)
+                    ax.set_title(title, fontsize=9)
+                    ax.axis("off")
+                handles = [plt.Rectangle((0, 0), 1, 1, color=CLASS_COLOURS[i % len(CLASS_COLOURS)] / 255)
+                           for i in range(len(classes))]
+                fig.legend(handles, classes, loc="lower center", ncol=len(classes), fontsize=8)
+                fig.tight_layout(rect=(0, 0.06, 1, 1))
+                path = fig_dir / f"{m}__{d}__{stem}.png"
+                _save(fig, path, dpi)
+                parts.append(_img_tag(path))
+    return "".join(parts)
+
+
 def fibre_section(results: str, models: list[str], datasets: list[str], dpi: int) -> str:
     """Per-fibre precision / recall / F1: at the validation-chosen threshold, at the fixed threshold
     (FT) and at dynamic per-image thresholds (DT), and mean F1 against the threshold."""
@@ -337,13 +407,13 @@ th{background:#f4e8ee} tr:nth-child(even){background:#fafafa} pre{background:#f6
 def build_report(
     config: dict[str, Any], models: list[str], datasets: dict[str, dict[str, Any]], results: str,
     options: dict[str, Any], out_html: PathLike, out_figures: PathLike, trained: list[str] | None = None,
-    volumes: list[str] | None = None,
+    volumes: list[str] | None = None, classes: list[str] | None = None,
 ) -> None:
     """Assemble ``report.html`` and write the overlay PNGs into ``out_figures``.
 
     ``models`` are everything evaluated (trained models and ensembles); ``trained`` the subset with
-    training curves (default: all of ``models``)."""
-    import yaml
+    training curves (default: all of ``models``); ``classes`` makes it a multi-class report (per-class
+    scores, confusion matrices and class maps instead of object metrics)."""
 
     dpi = options["dpi"]
     fig_dir = Path(out_figures)
@@ -354,6 +424,24 @@ def build_report(
              "Metrics are on each dataset's held-out test images only.</p>"]
 
     parts.append("<h2>Results</h2>")
+    if classes:
+        parts.append(class_section(results, models, datasets, classes, options, fig_dir))
+    else:
+        parts += object_sections(results, models, names, datasets, options, fig_dir)
+    parts += training_section(results, trained if trained is not None else models)
+    parts += tail_sections(config, datasets, results, volumes, dpi)
+    page = f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(options['title'])}</title>" \
+           f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(page)
+    log.info("wrote %s", out_html)
+
+
+def object_sections(results: str, models: list[str], names: list[str], datasets: dict[str, dict[str, Any]],
+                    options: dict[str, Any], fig_dir: Path) -> list[str]:
+    """Object metrics, per-fibre P/R, morphometry and error overlays (binary workflows)."""
+    dpi = options["dpi"]
+    parts = []
     header = ["model", "dataset", "images"] + [h for _, h in HEADLINE] + ["object F1 (pooled)", "AP@0.5 (pooled)"]
     parts.append(_table(header, metrics_rows(results, models, names)))
     parts.append("<p class=note>mean ± sd over test images. Object F1, Dice and Hausdorff follow the GlaS 2015 "
@@ -364,8 +452,26 @@ def build_report(
     parts.append("<h2>Per-fibre precision and recall</h2>")
     parts.append(fibre_section(results, models, names, dpi))
 
-    parts.append("<h2>Training</h2>")
-    for m in trained if trained is not None else models:
+    parts.append("<h2>Morphometry</h2>")
+    parts.append(morphometry_table(results, models, names))
+    parts.append(morphometry_figure(results, models, names, dpi))
+    parts.append("<p class=note>Per-object measurements of the predicted instances on the test images "
+                 "(<code>objects/&lt;model&gt;/&lt;dataset&gt;/morphometry.tsv</code>); every image's objects "
+                 "are also in a QuPath GeoJSON beside it (File &gt; Import objects).</p>")
+
+    parts.append("<h2>Predictions on test images</h2>")
+    for m in models:
+        for d in names:
+            for p in overlay_figures(results, m, d, datasets[d], options["n_overlays"], options["overlay_alpha"],
+                                     fig_dir, dpi):
+                parts.append(_img_tag(p))
+    return parts
+
+
+def training_section(results: str, trained: list[str]) -> list[str]:
+    """Training curves (both stages of two-stage models) and augmented samples per trained model."""
+    parts = ["<h2>Training</h2>"]
+    for m in trained:
         spec = read_json(Path(results) / "models" / m / "spec.json")
         parts.append(f"<h3>{html.escape(m)} ({html.escape(spec['arch'])})</h3>")
         parts.append(f"<p class=note>threshold {spec['threshold']:.2f} chosen on validation patches "
@@ -381,21 +487,15 @@ def build_report(
         aug = Path(results) / "models" / m / "augmented.png"
         if aug.exists():
             parts.append(_img_tag(aug))
+    return parts
 
-    parts.append("<h2>Morphometry</h2>")
-    parts.append(morphometry_table(results, models, names))
-    parts.append(morphometry_figure(results, models, names, dpi))
-    parts.append("<p class=note>Per-object measurements of the predicted instances on the test images "
-                 "(<code>objects/&lt;model&gt;/&lt;dataset&gt;/morphometry.tsv</code>); every image's objects "
-                 "are also in a QuPath GeoJSON beside it (File &gt; Import objects).</p>")
 
-    parts.append("<h2>Predictions on test images</h2>")
-    for m in models:
-        for d in names:
-            for p in overlay_figures(results, m, d, datasets[d], options["n_overlays"], options["overlay_alpha"],
-                                     fig_dir, dpi):
-                parts.append(_img_tag(p))
+def tail_sections(config: dict[str, Any], datasets: dict[str, dict[str, Any]], results: str,
+                  volumes: list[str] | None, dpi: int) -> list[str]:
+    """Volumes, stain normalization, runtimes and the configuration."""
+    import yaml
 
+    parts = []
     for v in volumes or []:
         parts.append(volume_section(results, v))
 
@@ -410,9 +510,4 @@ def build_report(
 
     parts.append("<h2>Configuration</h2>")
     parts.append(f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>")
-
-    page = f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(options['title'])}</title>" \
-           f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
-    with atomic_path(out_html) as tmp:
-        tmp.write_text(page)
-    log.info("wrote %s", out_html)
+    return parts

@@ -70,6 +70,17 @@ def read_class_mask(
     return order[idx].astype(np.uint8)
 
 
+def read_truth(dataset: dict[str, Any], stem: str, classes: list[str] | None) -> np.ndarray:
+    """The ground truth of one image of a dataset table: a class mask ``uint8`` in a multi-class
+    workflow (``classes``), else instance labels ``int32``."""
+    from .io import read_labels
+
+    path = dataset["masks"][stem]
+    if classes:
+        return read_class_mask(path, len(classes), dataset.get("class_values"), dataset.get("palette"))
+    return read_labels(path, dataset["mask_type"])
+
+
 def class_instances(classes: np.ndarray, background: int = 0) -> np.ndarray:
     """Connected components of every non-background class, numbered across classes ``int32 (H, W)``
     (0 = background): two touching objects of one class are one component, objects of different

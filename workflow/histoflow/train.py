@@ -40,8 +40,8 @@ from .io import atomic_path
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("masks", "boundaries", "interiors")
-LOSSES = ("bce_dice", "weighted_bce")
+TARGETS = ("masks", "boundaries", "interiors", "classes")
+LOSSES = ("bce_dice", "weighted_bce", "tanimoto", "cross_entropy")
 
 
 @dataclass
@@ -63,6 +63,8 @@ class TrainConfig:
     reliability: float | None = None
     fuse_weight: float = 1.0
     side_weights: list[float] | None = None
+    class_weights: list[float] | None = None
+    tanimoto_smooth: float = 1e-5
     augment: bool | str | dict = True  # true = "dihedral"; a preset name; or {preset: ..., field: value}
     seed: int = 0
     max_steps_per_epoch: int | None = None
@@ -73,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"train.target must be one of {TARGETS}, got {self.target!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"train.loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.loss == "weighted_bce" and self.target == "classes":
+            raise ValueError("train.loss weighted_bce is binary: use tanimoto, cross_entropy or bce_dice for classes")
         if self.reliability is not None and not 0.5 < self.reliability <= 1:
             raise ValueError(f"train.reliability must be in (0.5, 1] or null, got {self.reliability}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -120,6 +124,28 @@ def segmentation_loss(
     return bce_weight * bce + dice_weight * soft_dice_loss(logits, target, valid)
 
 
+def cross_entropy_loss(
+    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, class_weights: list[float] | None = None
+) -> torch.Tensor:
+    """Pixel-weighted cross-entropy normalised by ``Σ weights``: softmax over ``C > 1`` classes with
+    ``target`` class indices ``(N, 1, H, W)`` (optionally class-weighted), else sigmoid BCE."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        ce = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none")
+    else:
+        cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
+        ce = F.cross_entropy(logits, target[:, 0].long(), weight=cw, reduction="none")[:, None]
+    return (ce * weights).sum() / weights.sum().clamp_min(1e-6)
+
+
+def multiclass_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 − mean over classes of the soft Dice of the softmax, ignoring pixels where ``valid`` is 0."""
+    p = torch.softmax(logits.float(), dim=1) * valid
+    y = F.one_hot(target[:, 0].long(), logits.shape[1]).permute(0, 3, 1, 2).float() * valid
+    inter = (p * y).sum((0, 2, 3))
+    return 1 - ((2 * inter + eps) / (p.sum((0, 2, 3)) + y.sum((0, 2, 3)) + eps)).mean()
+
+
 def reliability_mask(logits: torch.Tensor, target: torch.Tensor, level: float) -> torch.Tensor:
     """The reliability switch: 0 where the network predicts the opposite of the label with
     probability above ``level`` (a likely annotation error), else 1. Computed without gradient, so
@@ -155,7 +181,7 @@ def loss_weights(data: dict[str, np.ndarray], cfg: TrainConfig) -> np.ndarray:
     """
     w = data["weights"].astype(np.float32)
     valid = (w > 0).astype(np.float32)
-    if cfg.loss == "bce_dice":
+    if cfg.loss != "weighted_bce":
         return w if cfg.use_weight_map else valid
     if cfg.class_balance:
         valid = valid * data[f"balance_{cfg.target}"]
@@ -188,6 +214,15 @@ def training_loss(out: torch.Tensor | tuple, target: torch.Tensor, weights: torc
     def one(logits: torch.Tensor) -> torch.Tensor:
         if cfg.loss == "weighted_bce":
             return weighted_bce_loss(logits, target, weights, cfg.reliability)
+        if cfg.loss == "tanimoto":
+            from .semantic import tanimoto_loss
+
+            return tanimoto_loss(logits, target, weights, cfg.class_weights, cfg.tanimoto_smooth)
+        if cfg.loss == "cross_entropy":
+            return cross_entropy_loss(logits, target, weights, cfg.class_weights)
+        if logits.shape[1] > 1:  # bce_dice on classes: softmax cross-entropy + soft Dice
+            return (cfg.bce_weight * cross_entropy_loss(logits, target, weights, cfg.class_weights)
+                    + cfg.dice_weight * multiclass_dice_loss(logits, target, (weights > 0).float()))
         return segmentation_loss(logits, target, weights, cfg.bce_weight, cfg.dice_weight)
 
     if isinstance(out, torch.Tensor):
@@ -411,7 +446,9 @@ def train_model(
                                           f"saved to {checkpoint}: rerun the job to resume")
 
     threshold, val_dice = 0.5, float("nan")
-    if val_data is not None and len(val_data["images"]):
+    if cfg.target == "classes":  # argmax, no threshold: the validation score is the mean class Dice
+        val_dice = history[-1].get("val_dice", float("nan")) if history else float("nan")
+    elif val_data is not None and len(val_data["images"]):
         prob = predict_batches(model, images_to_tensor(val_data["images"]), device, cfg.batch_size)[:, 0].numpy()
         target = centre_crop(val_data[cfg.target], prob.shape[-2:])
         valid = centre_crop(val_data["weights"], prob.shape[-2:]) > 0
@@ -425,7 +462,7 @@ def _validate(model: nn.Module, val: dict[str, np.ndarray], cfg: TrainConfig, de
     y = torch.from_numpy(val[cfg.target]).float()[:, None]
     w = torch.from_numpy(loss_weights(val, cfg))[:, None]
     model.eval()
-    total, dice_num, dice_den = 0.0, 0.0, 0.0
+    total, dice_num, dice_den, confusion = 0.0, 0.0, 0.0, None
     with torch.no_grad():
         for i in range(0, len(x), cfg.batch_size):
             with autocast(device):
@@ -433,9 +470,21 @@ def _validate(model: nn.Module, val: dict[str, np.ndarray], cfg: TrainConfig, de
             yb = centre_crop(y[i : i + cfg.batch_size], logits.shape[-2:])
             wb = centre_crop(w[i : i + cfg.batch_size], logits.shape[-2:])
             total += float(training_loss(logits, yb, wb, cfg)) * len(yb)
+            if logits.shape[1] > 1:  # per-class pixel counts of the argmax
+                n_cls = logits.shape[1]
+                keep = (wb[:, 0] > 0).flatten()
+                cm = torch.bincount((yb[:, 0].long().flatten() * n_cls + logits.argmax(1).flatten())[keep],
+                                    minlength=n_cls * n_cls).reshape(n_cls, n_cls).double()
+                confusion = cm if confusion is None else confusion + cm
+                continue
             pb = (logits > 0).float() * (wb > 0)
             dice_num += float(2 * (pb * yb).sum())
             dice_den += float(pb.sum() + (yb * (wb > 0)).sum())
+    if confusion is not None:
+        tp = confusion.diag()
+        den = confusion.sum(0) + confusion.sum(1)
+        dice = torch.where(den > 0, 2 * tp / den.clamp_min(1), torch.ones_like(tp))
+        return {"val_loss": total / len(x), "val_dice": float(dice.mean())}
     return {"val_loss": total / len(x), "val_dice": dice_num / dice_den if dice_den else 1.0}
 
 

@@ -76,6 +76,8 @@ def dataset_table(names):
             "train": DATASETS[n].train,
             "test": DATASETS[n].test,
             "pixel_size_um": DATASETS[n].pixel_size_um,
+            "class_values": DATASETS[n].class_values,
+            "palette": DATASETS[n].palette,
         }
         for n in names
     }
@@ -136,9 +138,10 @@ def report_inputs(wildcards):
     pairs = [(m, d) for m in PREDICTORS for d in TEST_DATASETS]
     return {
         "metrics": [f"{RESULTS}/metrics/{m}/{d}.tsv" for m, d in pairs],
-        "fibres": [f"{RESULTS}/metrics/{m}/{d}_fibres.json" for m, d in pairs],
         "instances": [f"{RESULTS}/instances/{m}/{d}" for m, d in pairs],
-        "objects": [f"{RESULTS}/objects/{m}/{d}" for m, d in pairs],
+        # objects and per-fibre scores need instances, which a multi-class workflow does not make
+        "fibres": [] if config["classes"] else [f"{RESULTS}/metrics/{m}/{d}_fibres.json" for m, d in pairs],
+        "objects": [] if config["classes"] else [f"{RESULTS}/objects/{m}/{d}" for m, d in pairs],
         "history": [f"{RESULTS}/models/{m}/history.tsv" for m in MODELS]
         + [f"{RESULTS}/models/{m}/stage1/history.tsv" for m in PRETRAINED],
         "specs": [f"{RESULTS}/models/{m}/spec.json" for m in MODELS],

@@ -14,6 +14,7 @@ rule evaluate:
         summary=f"{RESULTS}/metrics/{{model}}/{{dataset}}_summary.json",
     params:
         dataset=lambda wc: dataset_table([wc.dataset])[wc.dataset],
+        classes=config["classes"],
     log:
         f"{RESULTS}/logs/evaluate/{{model}}/{{dataset}}.log",
     benchmark:

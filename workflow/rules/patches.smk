@@ -9,6 +9,7 @@ rule extract_patches:
         patches=config["patches"],
         seed=config["seed"],
         datasets=lambda wc: dataset_table(TRAIN_DATASETS),
+        classes=config["classes"],
     log:
         f"{RESULTS}/logs/extract_patches.log",
     benchmark:

@@ -15,6 +15,7 @@ rule report:
         models=PREDICTORS,
         trained=MODELS,
         volumes=VOLUMES,
+        classes=config["classes"],
         datasets=lambda wc: dataset_table(TEST_DATASETS),
         results=lambda wc, input: str(Path(input.stain).parent.parent),
     log:

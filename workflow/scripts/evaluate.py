@@ -7,5 +7,5 @@ from histoflow.smk import run_logged  # noqa: E402
 
 run_logged(snakemake, lambda: run_evaluate(
     snakemake.input.instances, snakemake.params.dataset, snakemake.output.table, snakemake.output.summary,
-    snakemake.input.predictions,
+    snakemake.input.predictions, classes=snakemake.params.classes,
 ))

@@ -9,5 +9,5 @@ datasets = snakemake.params.datasets
 normalized = dict(zip(datasets, snakemake.input.normalized, strict=True))
 run_logged(snakemake, lambda: run_extract_patches(
     datasets, normalized, snakemake.params.patches, snakemake.params.seed,
-    snakemake.output.store, snakemake.output.split,
+    snakemake.output.store, snakemake.output.split, classes=snakemake.params.classes,
 ))

@@ -10,6 +10,7 @@ run_logged(snakemake, lambda: build_report(
     models=snakemake.params.models,
     trained=snakemake.params.trained,
     volumes=snakemake.params.volumes,
+    classes=snakemake.params.classes,
     datasets=snakemake.params.datasets,
     results=snakemake.params.results,
     options=snakemake.params.report,
