@@ -9,7 +9,7 @@ import torch
 
 from histoflow.io import InputError, write_image
 from histoflow.models import build_model
-from histoflow.models.rescrnet import BiConvLSTM, ConvLSTMCell, ConvResBlock, LSTMResBlock
+from histoflow.models.rescrnet import ConvLSTMCell, ConvResBlock, GroupedConvLSTM, LSTMResBlock
 from histoflow.semantic import (
     class_instances,
     class_metrics,
@@ -81,15 +81,56 @@ def test_convlstm_learns_to_remember_the_first_frame():
     assert float(correct[-1]) > 0.95  # still remembers frame 0 four steps later
 
 
-def test_bidirectional_lstm_sees_the_future():
+def test_grouped_lstm_equals_independent_cells():
     torch.manual_seed(0)
-    bi = BiConvLSTM(2, 3, dims=1)
-    seq = torch.rand(1, 6, 2, 5)
-    later = seq.clone()
-    later[:, -1] += 1  # change only the last step
-    out, out2 = bi(seq), bi(later)
-    assert out.shape == (1, 6, 3, 5)
-    assert not torch.allclose(out[:, 0], out2[:, 0])  # the backward pass carries it to step 0
+    grouped = GroupedConvLSTM(3, 4, kernel_size=3, groups=4)
+    cells = []
+    for g in range(4):  # each group's slice of the grouped weights, as a plain cell
+        cell = ConvLSTMCell(3, 4, kernel_size=3, dims=1)
+        rows = slice(g * 16, (g + 1) * 16)
+        cell.conv.weight.data.copy_(grouped.conv.weight.data[rows])
+        cell.conv.bias.data.copy_(grouped.conv.bias.data[rows])
+        cells.append(cell)
+    seq = torch.rand(2, 5, 4, 3, 7)
+    out = grouped(seq)
+    sub = grouped(seq[:, :, 2:], 2, 4)  # a subset of the groups (non-square maps)
+    for g, cell in enumerate(cells):
+        state, ref = None, []
+        for t in range(5):
+            state = cell(seq[:, t, g], state)
+            ref.append(state[0])
+        torch.testing.assert_close(out[:, :, g], torch.stack(ref, 1))
+        if g >= 2:
+            torch.testing.assert_close(sub[:, :, g - 2], torch.stack(ref, 1))
+    with pytest.raises(ValueError, match="groups"):
+        grouped(seq, 0, 2)
+
+
+@pytest.mark.parametrize("size", [(6, 6), (6, 9)])
+def test_lstm_block_is_bidirectional(size):
+    torch.manual_seed(0)
+    block = LSTMResBlock(2, 3, kernel=3, slope=0.1).eval()
+    x = torch.rand(1, 2, *size)
+    y = x.clone()
+    y[0, :, -1, -1] += 1.0  # change only the last row's last pixel
+    with torch.no_grad():
+        d = (block(x) - block(y)).abs().sum(1)[0]
+    assert d[0, -1] > 0 and d[-1, 0] > 0  # reaches the first row (backward row scan) and first column
+
+
+def test_square_and_rectangular_paths_agree():
+    torch.manual_seed(0)
+    block = LSTMResBlock(2, 3, kernel=3, slope=0.1).eval()
+    x = torch.rand(1, 2, 7, 7)
+    with torch.no_grad():
+        square = block(x)
+        # the rectangular path on the same data: run rows and columns separately
+        rows, cols = x.permute(0, 2, 1, 3), x.permute(0, 3, 1, 2)
+        r = block.lstm(torch.stack([rows, rows.flip(1)], 2), 0, 2)
+        c = block.lstm(torch.stack([cols, cols.flip(1)], 2), 2, 4)
+        r = (r[:, :, 0] + r[:, :, 1].flip(1)).permute(0, 2, 1, 3)
+        c = (c[:, :, 0] + c[:, :, 1].flip(1)).permute(0, 2, 3, 1)
+        torch.testing.assert_close(square, block.act(x + block.project(r + c)))
 
 
 def test_lstm_block_propagates_along_rows_and_columns():

@@ -13,12 +13,14 @@ structures (membranes, fibre boundaries) are never down-sampled away. The networ
 - a 1×1 head giving ``C`` class logits (softmax is applied by the loss and at inference).
 
 :class:`ConvLSTMCell` is the small, separately tested building block: one step of a convolutional
-LSTM whose "images" here are 1-D (a row of the feature map, channels × width).
+LSTM (1-D: a row of the feature map, channels × width; or 2-D). :class:`GroupedConvLSTM` runs
+several such cells in lockstep (tested to equal them), which is how the LSTM block scans.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import register_model
@@ -59,27 +61,44 @@ class ConvLSTMCell(nn.Module):
         return h, c
 
 
-class BiConvLSTM(nn.Module):
-    """Bidirectional ConvLSTM over the time axis of ``(N, T, C, *S)``; returns the forward and the
-    backward hidden sequences summed, ``(N, T, hidden, *S)``."""
+class GroupedConvLSTM(nn.Module):
+    """``groups`` independent 1-D ConvLSTMs (each exactly a :class:`ConvLSTMCell`) stepped in lockstep:
+    one grouped convolution per time step computes every group's gates, so four directional scans
+    cost one sequential pass instead of four (the time loop, not the arithmetic, bounds the speed).
 
-    def __init__(self, in_channels: int, hidden: int, kernel_size: int = 3, dims: int = 1) -> None:
+    ``forward(seq, first, last)`` runs groups ``first .. last - 1`` on ``seq (N, T, last - first, C, L)``
+    and returns their hidden sequences ``(N, T, last - first, hidden, L)``.
+    """
+
+    def __init__(self, in_channels: int, hidden: int, kernel_size: int = 3, groups: int = 4) -> None:
         super().__init__()
-        self.fwd = ConvLSTMCell(in_channels, hidden, kernel_size, dims)
-        self.bwd = ConvLSTMCell(in_channels, hidden, kernel_size, dims)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd to keep the size, got {kernel_size}")
+        self.hidden, self.groups, self.pad = hidden, groups, kernel_size // 2
+        self.conv = nn.Conv1d(groups * (in_channels + hidden), groups * 4 * hidden, kernel_size, padding=self.pad,
+                              groups=groups)
+        with torch.no_grad():
+            self.conv.bias.zero_()
+            self.conv.bias.view(groups, 4, hidden)[:, 1] = 1.0  # forget gates
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        steps = seq.shape[1]
-        out_f, out_b = [], [None] * steps
-        state = None
+    def forward(self, seq: torch.Tensor, first: int = 0, last: int | None = None) -> torch.Tensor:
+        last = self.groups if last is None else last
+        n, steps, g, _, length = seq.shape
+        if g != last - first:
+            raise ValueError(f"seq has {g} groups for groups {first}..{last - 1}")
+        rows = slice(first * 4 * self.hidden, last * 4 * self.hidden)
+        weight, bias = self.conv.weight[rows], self.conv.bias[rows]
+        h = seq.new_zeros((n, g, self.hidden, length))
+        c = h
+        outs = []
         for t in range(steps):
-            state = self.fwd(seq[:, t], state)
-            out_f.append(state[0])
-        state = None
-        for t in reversed(range(steps)):
-            state = self.bwd(seq[:, t], state)
-            out_b[t] = state[0]
-        return torch.stack(out_f, 1) + torch.stack(out_b, 1)
+            z = torch.cat([seq[:, t], h], dim=2).reshape(n, -1, length)
+            i, f, o, u = F.conv1d(z, weight, bias, padding=self.pad, groups=g).reshape(n, g, 4, self.hidden,
+                                                                                        length).unbind(2)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(u)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outs.append(h)
+        return torch.stack(outs, 1)
 
 
 def _separable(cin: int, cout: int, kernel: int, dilation: int) -> nn.Sequential:
@@ -129,20 +148,30 @@ class ConvResBlock(nn.Module):
 
 
 class LSTMResBlock(nn.Module):
-    """Bidirectional ConvLSTMs over the rows and over the columns of the feature map, summed and
-    added to the shortcut."""
+    """Bidirectional ConvLSTMs over the rows (each row a time step) and over the columns of the
+    feature map; the four directional outputs are summed and added to the shortcut.
+
+    The four scans are groups of one :class:`GroupedConvLSTM` (row forward, row backward, column
+    forward, column backward): on a square map they run in one pass of ``H`` steps, otherwise rows
+    and columns take one pass each."""
 
     def __init__(self, channels: int, hidden: int, kernel: int, slope: float) -> None:
         super().__init__()
-        self.rows = BiConvLSTM(channels, hidden, kernel, dims=1)
-        self.cols = BiConvLSTM(channels, hidden, kernel, dims=1)
+        self.lstm = GroupedConvLSTM(channels, hidden, kernel, groups=4)
         self.project = nn.Conv2d(hidden, channels, 1) if hidden != channels else nn.Identity()
         self.act = nn.LeakyReLU(slope, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # rows as time steps: (N, C, H, W) -> (N, H, C, W); columns: (N, W, C, H)
-        r = self.rows(x.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)
-        c = self.cols(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        rows = x.permute(0, 2, 1, 3)  # (N, H, C, W): H time steps of length W
+        cols = x.permute(0, 3, 1, 2)  # (N, W, C, H)
+        if x.shape[2] == x.shape[3]:
+            out = self.lstm(torch.stack([rows, rows.flip(1), cols, cols.flip(1)], 2))
+            r_out, c_out = out[:, :, :2], out[:, :, 2:]
+        else:
+            r_out = self.lstm(torch.stack([rows, rows.flip(1)], 2), 0, 2)
+            c_out = self.lstm(torch.stack([cols, cols.flip(1)], 2), 2, 4)
+        r = (r_out[:, :, 0] + r_out[:, :, 1].flip(1)).permute(0, 2, 1, 3)  # (N, hidden, H, W)
+        c = (c_out[:, :, 0] + c_out[:, :, 1].flip(1)).permute(0, 2, 3, 1)
         return self.act(x + self.project(r + c))
 
 
