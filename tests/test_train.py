@@ -285,3 +285,24 @@ def test_centre_crop_for_models_that_predict_the_centre():
     assert centre_crop(np.zeros((8, 8)), (8, 8)).shape == (8, 8)
     with pytest.raises(ValueError):
         centre_crop(t, (3, 3))  # odd margin: not centred
+
+
+def test_batchnorm_recalibration_gives_the_exact_statistics_of_the_data():
+    from histoflow.train import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    bn = torch.nn.BatchNorm2d(4)
+    model = torch.nn.Sequential(conv, bn, torch.nn.Dropout2d(0.5))
+    bn.running_mean.fill_(100.0)  # stale statistics
+    bn.running_var.fill_(1e-3)
+    x = torch.rand(12, 3, 8, 8)
+    assert recalibrate_batchnorm(model, x, torch.device("cpu"), batch_size=4) == 1
+    with torch.no_grad():
+        feats = conv(x)
+    torch.testing.assert_close(bn.running_mean, feats.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    # the cumulative average of the three batches' unbiased variances
+    var = torch.stack([feats[i : i + 4].var((0, 2, 3), unbiased=True) for i in (0, 4, 8)]).mean(0)
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-5)
+    assert not model.training and bn.momentum == 0.1
+    assert recalibrate_batchnorm(torch.nn.Conv2d(1, 1, 1), x, torch.device("cpu"), 4) == 0
