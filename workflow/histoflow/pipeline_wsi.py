@@ -170,8 +170,7 @@ def run_slide_outputs(
     k_ch = prob.shape[0]
     names = ["probability"] if k_ch == 1 else [f"probability {k}" for k in range(k_ch)]
     dtype = np.uint8 if outputs["prob_dtype"] == "uint8" else np.float32
-    levels = write_ome_pyramid(prob if k_ch > 1 else _Channel0(prob), out["probability"], kind="prob", mpp=mpp,
-                               dtype=dtype, channel_names=names)
+    levels = write_ome_pyramid(prob, out["probability"], kind="prob", mpp=mpp, dtype=dtype, channel_names=names)
     summary: dict[str, Any] = {
         "slide": slide, "model": attrs.get("model"), "inference": attrs.get("stats"),
         "probability": {"path": str(out["probability"]), "levels": levels, "dtype": np.dtype(dtype).name},
@@ -205,14 +204,3 @@ def run_slide_outputs(
     log.info("outputs written in %.1f s", summary["seconds"])
     return summary
 
-
-class _Channel0:
-    """``(K, H, W)`` array viewed as its first channel ``(H, W)`` (lazily, for the pyramid writer)."""
-
-    def __init__(self, arr: Any) -> None:
-        self.arr = arr
-        self.shape = tuple(arr.shape[1:])
-        self.dtype = arr.dtype
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        return np.asarray(self.arr[(0, *index)] if isinstance(index, tuple) else self.arr[0, index])

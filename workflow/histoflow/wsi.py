@@ -1304,6 +1304,8 @@ def write_ome_pyramid(
 ) -> list[tuple[int, int]]:
     """Write a 2-D or ``(K, H, W)`` array (zarr or NumPy) as a tiled pyramidal OME-TIFF, tile by tile.
 
+    ``(1, H, W)`` is written as one 2-D plane (axes ``YX``), ``K > 1`` as ``CYX``.
+
     Level 0 is the array; each sub-resolution halves it (``kind="prob"``: 2x2 means of the float
     values, ``"labels"``: every other pixel, so ids stay ids) until its longest side is at most
     ``min_size``. Sub-resolutions are stored as SubIFDs of level 0, as QuPath and Bio-Formats read
@@ -1573,12 +1575,14 @@ def write_synthetic_slide(
     compression: str = "jpeg",
     texture_size: int = 512,
     n_textures: int = 6,
+    workers: int = 1,
 ) -> Path:
     """Write a synthetic pyramidal tiled TIFF slide (RGB, JPEG tiles by default), tile by tile.
 
     Levels downsample by 2 and are stored as consecutive pages (reduced-resolution subfile type),
     as OpenSlide's generic tiled TIFF and tifffile both read them; the pixel size is in the
-    resolution tags (``mpp`` µm at level 0). Memory stays bounded by one row of tiles.
+    resolution tags (``mpp`` µm at level 0). Memory stays bounded by a few tiles per thread
+    (``workers`` threads make and compress tiles).
     """
     import tifffile
 
@@ -1591,16 +1595,30 @@ def write_synthetic_slide(
             if min(lh, lw) < 1:
                 break
 
-            def tiles(lh: int = lh, lw: int = lw, step: int = step) -> Iterator[np.ndarray]:
-                for ty in range(0, lh, tile):
-                    for tx in range(0, lw, tile):
-                        yield synthetic_slide_region(ty * step, tx * step, tile, tile, step, height, width, bank, seed)
+            def make(yx: tuple[int, int], step: int = step) -> np.ndarray:
+                return synthetic_slide_region(yx[0] * step, yx[1] * step, tile, tile, step, height, width, bank, seed)
 
-            tw.write(tiles(), shape=(lh, lw, 3), dtype=np.uint8, tile=(tile, tile), compression=compression,
-                     photometric="rgb", subfiletype=0 if n == 0 else 1,
+            coords = ((ty, tx) for ty in range(0, lh, tile) for tx in range(0, lw, tile))
+            tw.write(_ordered_map(make, coords, workers), shape=(lh, lw, 3), dtype=np.uint8, tile=(tile, tile),
+                     compression=compression, photometric="rgb", subfiletype=0 if n == 0 else 1,
                      resolution=(1e4 / (mpp * step), 1e4 / (mpp * step)), resolutionunit="CENTIMETER",
-                     metadata=None)
+                     metadata=None, maxworkers=workers)
     return path
+
+
+def _ordered_map(fn: Callable[[Any], Any], items: Iterator[Any], workers: int) -> Iterator[Any]:
+    """``map(fn, items)`` in ``workers`` threads, in order, at most ``4 * workers`` results ahead."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: list[Future[Any]] = []
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 4 * workers:
+                yield pending.pop(0).result()
+        for f in pending:
+            yield f.result()
 
 
 @contextlib.contextmanager
