@@ -25,7 +25,8 @@ store -- then the probability map's pyramidal OME-TIFF. Figures:
   ours on the same slide; ``monai_speedup_all_tiles`` runs ours on every tile (no tissue
   detection), so it measures the pipeline alone. Needs ``pip install monai`` (``.[bench]``);
   skipped without it, and above ``--monai-max`` (MONAI holds the whole slide, as float, in memory).
-* ``peak_rss_gb``: peak resident memory of the process that ran that size (``ru_maxrss``).
+* ``peak_rss_gb``: peak resident memory of the process that ran that size (``ru_maxrss``);
+  ``peak_rss_worker_gb``: that of its largest DataLoader worker (each worker holds a few tiles).
 
 Results go to ``benchmarks/results/wsi_inference.json`` (``--out``), with the device name.
 """
@@ -173,13 +174,14 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         write_ome_pyramid(open_group(out)["prob"], Path(args.workdir) / f"prob_{args.size}.ome.tif", mpp=MPP)
         export_s = time.perf_counter() - t1
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: kB
+    workers_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9  # the largest worker
     return {
         "size": args.size, "model": args.model, "tissue_detection": args.tissue, "stain": args.stain,
         "compiled": args.compile, "workers": args.workers, "tiles": stats["tiles"], "tiles_total": stats["tiles_total"],
         "tissue_megapixels": stats["megapixels"], "end_to_end_s": round(wall, 3),
         "tissue_detection_s": round(t_tissue, 3), "end_to_end_mpps": round(stats["megapixels"] / wall, 3),
         "tiles_per_s": round(stats["tiles"] / wall, 2), "export_ome_tiff_s": None if export_s is None else round(export_s, 3),
-        "peak_rss_gb": round(rss_gb, 3),
+        "peak_rss_gb": round(rss_gb, 3), "peak_rss_worker_gb": round(workers_gb, 3) if args.workers else None,
     }
 
 

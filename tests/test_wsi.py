@@ -171,6 +171,9 @@ def test_find_slides(tmp_path, slide_path):
     assert wsi.find_slides({"s1": "d/a.svs"}, tmp_path) == {"s1": tmp_path / "d" / "a.svs"}
     with pytest.raises(InputError, match="slides.images.s2"):
         wsi.find_slides({"s2": "d/zzz.svs"}, tmp_path)
+    (tmp_path / "d" / "x.czi").write_bytes(b"x")
+    with pytest.raises(InputError, match="unsupported slide format '.czi'"):
+        wsi.find_slides({"x": "d/x.czi"}, tmp_path)
     with pytest.raises(InputError, match="no slide matches"):
         wsi.find_slides(["d/*.ndpi"], tmp_path)
     (tmp_path / "e").mkdir()

@@ -65,8 +65,9 @@ SLIDE_SUFFIXES = OPENSLIDE_SUFFIXES + TIFF_SUFFIXES + IMAGE_SUFFIXES
 MPP_TOLERANCE = 0.05
 #: Plausible µm/pixel range for resolution tags (72 dpi "defaults" are not a pixel size).
 _MPP_RANGE = (0.01, 100.0)
-#: Rows (and columns) of one zarr chunk of the probability and label stores.
-CHUNK = 1024
+#: Rows (and columns) of one zarr chunk of the probability and label stores; the inference band
+#: holds ``tile + CHUNK`` rows and is written out a chunk row at a time.
+CHUNK = 512
 
 
 # ==================================================================================================
@@ -612,6 +613,9 @@ def find_slides(spec: Mapping[str, str] | Sequence[str], base: PathLike = ".") -
             path = base / str(p)
             if not path.exists():
                 raise InputError(f"{path}: slide not found (slides.images.{name} in config.yaml).")
+            if path.suffix.lower() not in SLIDE_SUFFIXES and not path.is_dir():
+                raise InputError(f"{path}: unsupported slide format {path.suffix!r} (slides.images.{name}); use "
+                                 f"one of {', '.join(SLIDE_SUFFIXES)} or convert it to a pyramidal TIFF.")
             add(str(name), path)
         return found
     for item in spec:
@@ -629,6 +633,9 @@ def find_slides(spec: Mapping[str, str] | Sequence[str], base: PathLike = ".") -
             for m in matches:
                 add(_stem(m), m)
         elif path.exists():
+            if path.suffix.lower() not in SLIDE_SUFFIXES and not path.is_dir():
+                raise InputError(f"{path}: unsupported slide format {path.suffix!r} (slides.images); use one "
+                                 f"of {', '.join(SLIDE_SUFFIXES)} or convert it to a pyramidal TIFF.")
             add(_stem(path), path)
         else:
             raise InputError(f"{path}: slide not found (slides.images in config.yaml).")
@@ -977,7 +984,7 @@ def create_array(group: Any, name: str, shape: tuple[int, ...], chunks: tuple[in
 
 
 class _Writer:
-    """Writes row blocks into a zarr array in a background thread (at most two blocks pending)."""
+    """Writes row blocks into a zarr array in a background thread (at most one more block waits)."""
 
     def __init__(self, array: Any) -> None:
         self.array = array
@@ -985,7 +992,7 @@ class _Writer:
         self.pending: list[Future[Any]] = []
 
     def write(self, r0: int, block: np.ndarray) -> None:
-        while len(self.pending) >= 2:
+        while len(self.pending) >= 1:
             self.pending.pop(0).result()
         r1 = r0 + block.shape[1]
         self.pending.append(self.pool.submit(self.array.__setitem__, (slice(None), slice(r0, r1)), block))
