@@ -315,6 +315,15 @@ def test_background_tiles_are_skipped_and_get_zero(tmp_path, slide_path):
     assert stats["pixels"] == covered.sum()
 
 
+def test_a_slide_without_tissue_runs_no_tile(tmp_path):
+    img = np.full((300, 200, 3), 240, np.uint8)
+    tissue = wsi.TissueMask(np.zeros((30, 20), bool), 10.0)
+    stats = wsi.predict_slide(img, lambda t: 1 / 0, tmp_path / "p.zarr", tile=64, overlap=16, tissue=tissue,
+                              progress=False)
+    assert stats["tiles"] == 0 and stats["pixels"] == 0
+    assert (_read_prob(tmp_path / "p.zarr") == 0).all()
+
+
 def test_stain_normalized_tiles_equal_the_normalized_whole_image(tmp_path, slide_path):
     from histoflow.stain import get_normalizer
 

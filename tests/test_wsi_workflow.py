@@ -125,7 +125,7 @@ def test_pipeline_functions_regions_merge_to_the_single_job(tmp_path):
     run_slide_outputs(out / "probability.zarr", tmp_path / "model/spec.json", cfg["postprocess"], slides, "Fibre",
                       files)
     summary = check_outputs(out, (450, 350), 1.0, 2.0)
-    assert summary["instances"]["objects"] > 0 and summary["tissue_area_mm2"] > 0
+    assert summary["instances"]["objects"] > 0 and summary["processed_area_mm2"] > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,13 +179,13 @@ def slide_run(tmp_path_factory):
     make_slide(workdir / "syn.tif")
     cfg = {**TINY, "models": {"a": TINY["models"]["a"]}, "ensembles": {}, "slides": SLIDES}
     write_config(workdir, cfg)
-    smk(workdir, "results/slides/a/syn/summary.json")
+    smk(workdir, "results/slides/syn/a/summary.json")
     return workdir
 
 
 @pytest.mark.slow
 def test_slide_workflow_outputs_read_back(slide_run):
-    folder = slide_run / "results/slides/a/syn"
+    folder = slide_run / "results/slides/syn/a"
     summary = check_outputs(folder, (450, 350), 1.0, 2.0)
     assert summary["slide"]["level"] == 1 and summary["slide"]["mpp"] == pytest.approx(1.0)
     assert len(summary["inference"]["seconds_per_region"]) == 2
@@ -216,7 +216,7 @@ def _jobs_after(workdir: Path, **slides) -> set[str]:
     cfg["slides"] = {**cfg["slides"], **slides}
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     try:
-        return planned_jobs(smk(workdir, "-n", "results/slides/a/syn/summary.json").stdout)
+        return planned_jobs(smk(workdir, "-n", "results/slides/syn/a/summary.json").stdout)
     finally:
         (workdir / "config.yaml").write_text(original)
 

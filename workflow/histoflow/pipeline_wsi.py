@@ -198,7 +198,7 @@ def run_slide_outputs(
             summary["instances"]["foreground_area_um2"] = stats["foreground_pixels"] * mpp * mpp
     inf = attrs.get("stats") or {}
     if mpp and inf.get("megapixels") is not None:
-        summary["tissue_area_mm2"] = inf["megapixels"] * 1e6 * mpp * mpp / 1e6
+        summary["processed_area_mm2"] = inf["megapixels"] * mpp * mpp  # under the tiles run (MP x µm² = mm²)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     write_json(out["summary"], summary)
     log.info("outputs written in %.1f s", summary["seconds"])

@@ -459,7 +459,7 @@ class Slide:
         view = Slide(self.backend, level, max(want / self.levels[level].downsample, 1.0))
         th, tw = view.shape
         src_w = self.levels[level].width
-        strip = max(1, int(32e6 / max(src_w * view.factor, 1)))
+        strip = max(1, int(8e6 / max(src_w * view.factor, 1)))  # ~8 MP of the level per strip
         out = np.empty((th, tw, 3), np.uint8)
         for y in range(0, th, strip):
             out[y : y + strip] = view.read_region(y, 0, min(strip, th - y), tw)
@@ -983,6 +983,9 @@ def create_array(group: Any, name: str, shape: tuple[int, ...], chunks: tuple[in
                                 compressor=Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE))
 
 
+_FLUSH_COLS = 8192
+
+
 class _Writer:
     """Writes row blocks into a zarr array in a background thread (at most one more block waits)."""
 
@@ -1109,23 +1112,32 @@ def predict_slide(
     band_y0 = own0 - CHUNK * math.ceil(max(own0 - first_y, 0) / CHUNK)  # chunk-aligned with own0
     acc = torch.zeros((out_channels, band_h, wp), dtype=torch.float32, device=device)
     wsum = torch.zeros((band_h, wp), dtype=torch.float32, device=device)
+    # two host buffers of one chunk row: one is filled while the other is being written
+    host = [np.empty((out_channels, CHUNK, w), np.float32) for _ in range(2)]
+    slot = 0
     writer = _Writer(prob)
     covered = 0
 
     def flush_chunk() -> None:
         """Finish the band's first CHUNK rows: normalize, write the owned ones, shift the band."""
-        nonlocal band_y0, covered
+        nonlocal band_y0, covered, slot
         r0, r1 = max(band_y0, own0), min(band_y0 + CHUNK, own1)
         if r1 > r0:
-            a = acc[:, r0 - band_y0 : r1 - band_y0, :w]
-            ws = wsum[r0 - band_y0 : r1 - band_y0, :w]
-            hit = ws > 0
-            res = torch.where(hit, a / torch.where(hit, ws, torch.ones_like(ws)), torch.zeros_like(a))
-            covered += int(hit.sum())
-            writer.write(r0 - own0, res.cpu().numpy())
-        acc[:, : band_h - CHUNK] = acc[:, CHUNK:].clone()
+            buf = host[slot][:, : r1 - r0]
+            for c0 in range(0, w, _FLUSH_COLS):  # in column blocks: small temporaries on wide slides
+                c1 = min(c0 + _FLUSH_COLS, w)
+                a = acc[:, r0 - band_y0 : r1 - band_y0, c0:c1]
+                ws = wsum[r0 - band_y0 : r1 - band_y0, c0:c1]
+                hit = ws > 0
+                buf[:, :, c0:c1] = torch.where(hit, a / torch.where(hit, ws, 1.0), 0.0).cpu().numpy()
+                covered += int(hit.sum())
+            writer.write(r0 - own0, buf)
+            slot ^= 1
+        for k in range(0, band_h - CHUNK, CHUNK):  # shift up by CHUNK rows, piece by piece (no copy)
+            n = min(CHUNK, band_h - CHUNK - k)
+            acc[:, k : k + n] = acc[:, k + CHUNK : k + CHUNK + n]
+            wsum[k : k + n] = wsum[k + CHUNK : k + CHUNK + n]
         acc[:, band_h - CHUNK :] = 0
-        wsum[: band_h - CHUNK] = wsum[CHUNK:].clone()
         wsum[band_h - CHUNK :] = 0
         band_y0 += CHUNK
 

@@ -22,7 +22,7 @@ def _slides_setup():
 
 
 SLIDES, SLIDE_MODEL = _slides_setup()
-SLIDE_DIR = f"{RESULTS}/slides/{{model}}/{{slide}}"
+SLIDE_DIR = f"{RESULTS}/slides/{{slide}}/{{model}}"
 _SLIDE_WILDCARDS = {"slide": "|".join(re.escape(s) for s in SLIDES) or "^$", "region": r"\d+"}
 
 
@@ -37,12 +37,12 @@ def slide_stain_input(wildcards):
 
 
 def slide_region_stores(wildcards):
-    return [f"{RESULTS}/slides/{wildcards.model}/{wildcards.slide}/regions/{r}.zarr"
+    return [f"{RESULTS}/slides/{wildcards.slide}/{wildcards.model}/regions/{r}.zarr"
             for r in range(config["slides"]["regions"])]
 
 
 def slide_output_files(model, slide):
-    base = f"{RESULTS}/slides/{model}/{slide}"
+    base = f"{RESULTS}/slides/{slide}/{model}"
     files = {"probability": f"{base}/probability.ome.tif", "summary": f"{base}/summary.json"}
     if config["slides"]["outputs"]["instances"]:
         files |= {"labels": f"{base}/labels.ome.tif", "objects": f"{base}/objects.geojson"}
