@@ -148,8 +148,8 @@ def test_dry_run_plans_the_slide_jobs(slide_dir):
     jobs = planned_jobs(smk(slide_dir, "-n").stdout)
     slide_jobs = {j for j in jobs if "slide" in j}
     assert slide_jobs == {
-        "slide_tissue[slide=syn]", "merge_slide[model=a, slide=syn]", "slide_outputs[model=a, slide=syn]",
-        *(f"predict_slide_region[model=a, slide=syn, region={r}]" for r in range(3)),
+        "slide_tissue[slide=syn]", "merge_slide[slide=syn, model=a]", "slide_outputs[slide=syn, model=a]",
+        *(f"predict_slide_region[slide=syn, model=a, region={r}]" for r in range(3)),
     }
     assert "train_model[model=a]" in jobs
 
@@ -228,8 +228,8 @@ def test_slide_reruns(slide_run):
     assert _jobs_after(slide_run, batch_size=16, workers=2, compile=True) == set()
     # more regions: the region jobs, the merge and the outputs, not the tissue or the model
     assert _jobs_after(slide_run, regions=3) == {
-        "merge_slide[model=a, slide=syn]", "slide_outputs[model=a, slide=syn]",
-        *(f"predict_slide_region[model=a, slide=syn, region={r}]" for r in range(3)),
+        "merge_slide[slide=syn, model=a]", "slide_outputs[slide=syn, model=a]",
+        *(f"predict_slide_region[slide=syn, model=a, region={r}]" for r in range(3)),
     }
     # output settings rerun only the outputs
-    assert _jobs_after(slide_run, outputs={"prob_dtype": "float32"}) == {"slide_outputs[model=a, slide=syn]"}
+    assert _jobs_after(slide_run, outputs={"prob_dtype": "float32"}) == {"slide_outputs[slide=syn, model=a]"}
