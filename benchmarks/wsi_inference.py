@@ -131,8 +131,16 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     """End-to-end run of one slide (this process's peak RSS is the figure)."""
     import torch
 
-    from histoflow.wsi import open_slide, plan_grid, predict_slide, tissue_mask, write_ome_pyramid
+    from histoflow.wsi import (
+        limit_malloc_retention,
+        open_slide,
+        plan_grid,
+        predict_slide,
+        tissue_mask,
+        write_ome_pyramid,
+    )
 
+    limit_malloc_retention()  # as the workflow's predict_slide_region job does
     device = args.device
     if device == "cpu" and args.threads:
         torch.set_num_threads(args.threads)

@@ -4,8 +4,10 @@ whole-image inference, region split/merge, pyramidal OME-TIFF and GeoJSON output
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -360,6 +362,16 @@ def test_store_layout_and_attributes(tmp_path):
     assert (np.asarray(g["prob"][:]) == 1).all()
     attrs = dict(g.attrs)
     assert attrs["model"] == "m" and attrs["rows"] == [0, 2500] and attrs["stats"]["tiles"] == 12  # 1 + ceil(2244 / 224)
+
+
+def test_limit_malloc_retention_runs():
+    import platform
+    import subprocess
+
+    code = "from histoflow.wsi import limit_malloc_retention as f; print(f())"  # process-wide: not in this one
+    env = {**os.environ, "PYTHONPATH": str(Path(wsi.__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.strip()
+    assert out == str(platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
 
 
 def test_wrong_output_shape_is_reported(tmp_path):

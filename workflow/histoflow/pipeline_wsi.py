@@ -101,8 +101,9 @@ def run_predict_slide_region(
     from .device import prepare_model, resolve_device
     from .models import load_model
     from .tiling import tta_predictor
-    from .wsi import atomic_dir, plan_grid, predict_slide, split_regions
+    from .wsi import atomic_dir, limit_malloc_retention, plan_grid, predict_slide, split_regions
 
+    limit_malloc_retention()  # flat host memory (this job's own process)
     tissue, info = load_tissue(tissue_json)
     slide = open_configured_slide(slide_path, slides)
     if list(slide.shape) != list(info["slide"]["shape"]):

@@ -1008,6 +1008,30 @@ class _Writer:
             self.pool.shutdown(wait=True)
 
 
+def limit_malloc_retention(threshold: int = 1 << 20) -> bool:
+    """Make glibc return freed blocks of ``threshold`` bytes or more to the system at once.
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MB), after which
+    blocks of tiles, batches and row bands come from heap arenas that keep their freed memory: on
+    a 30k-wide slide that doubled the peak resident memory of an inference process (2.3 GB instead
+    of 1.2 GB). Fixing the threshold (``mallopt(M_MMAP_THRESHOLD)``, also ``M_TRIM_THRESHOLD``)
+    keeps memory flat. Process-wide; call it in a process that runs whole-slide inference. Returns
+    False (and does nothing) where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, threshold)) and bool(libc.mallopt(m_trim_threshold, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def predict_slide(
     slide: Slide | np.ndarray,
     predictor: Callable[[Any], Any],
