@@ -1682,11 +1682,3 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
         if tmp.exists():
             shutil.rmtree(tmp)
 
-
-def remove_store(path: PathLike) -> None:
-    """Delete a zarr store (folder) if it exists."""
-    p = Path(path)
-    if p.is_dir():
-        shutil.rmtree(p)
-    elif p.exists():
-        p.unlink()
