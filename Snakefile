@@ -8,6 +8,7 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/wsi_common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/stain.smk"
 include: "workflow/rules/patches.smk"
@@ -15,6 +16,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/volumes.smk"
+include: "workflow/rules/wsi.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -24,4 +26,5 @@ report: "workflow/report/workflow.rst"
 rule all:
     input:
         f"{RESULTS}/report.html",
+        slide_targets(),
     default_target: True

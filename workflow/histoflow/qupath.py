@@ -35,7 +35,7 @@ import logging
 import math
 import os
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ __all__ = [
     "iter_features",
     "rasterize_annotations",
     "read_annotations",
+    "write_features",
 ]
 
 log = logging.getLogger(__name__)
@@ -337,6 +338,21 @@ def instances_to_geojson(
         On bad labels or arguments (nothing is written then).
     """
     features = iter_features(labels, classification, object_type, measurements, offset, z, **kwargs)
+    return write_features(path, features)
+
+
+def write_features(path: PathLike, features: Iterable[Mapping[str, Any]]) -> int:
+    """Stream GeoJSON features into a ``FeatureCollection`` file, one feature per line.
+
+    The features are consumed one at a time (an iterator over a whole slide's objects never
+    becomes a list) and written to a temporary file that replaces ``path`` atomically when the
+    iterator is exhausted; if it raises, ``path`` is left untouched.
+
+    Returns
+    -------
+    int
+        The number of features written.
+    """
     n = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write('{"type": "FeatureCollection", "features": [')

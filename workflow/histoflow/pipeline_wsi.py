@@ -1,0 +1,207 @@
+"""The whole-slide stage as plain functions of paths and config dicts (one per Snakemake rule).
+
+``slide_tissue`` → ``predict_slide_region`` (one job per region) → ``merge_slide`` →
+``slide_outputs``; the array-level work is in :mod:`histoflow.wsi`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import read_image, read_json, write_image, write_json
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike[str]
+
+
+def open_configured_slide(path: PathLike, slides: dict[str, Any]):
+    """The slide at the resolution ``slides.mpp`` / ``slides.level`` of the config."""
+    from .wsi import open_slide
+
+    return open_slide(path, mpp=slides.get("mpp"), level=slides.get("level"), base_mpp=slides.get("base_mpp"),
+                      backend=slides.get("backend", "auto"))
+
+
+def slide_normalizer(stain_json: PathLike | None):
+    """The fitted stain normalizer on its NumPy backend, or None (no normalization, or method none)."""
+    if not stain_json:
+        return None
+    from .stain import load_normalizer
+    from .wsi import cpu_normalizer
+
+    norm = load_normalizer(stain_json)
+    return None if norm.method == "none" else cpu_normalizer(norm)
+
+
+def run_slide_tissue(
+    slide_path: PathLike, slides: dict[str, Any], stain_json: PathLike | None, out_json: PathLike,
+    out_mask: PathLike, out_thumbnail: PathLike,
+) -> dict[str, Any]:
+    """Thumbnail, tissue mask (PNG, 255 = tissue) and ``tissue.json``: the slide at the chosen
+    resolution, the mask's scale, the tile counts and the slide's staining (estimated once on the
+    thumbnail, so every region normalizes its tiles identically)."""
+    from .wsi import TissueMask, plan_grid, tissue_mask
+
+    t0 = time.perf_counter()
+    slide = open_configured_slide(slide_path, slides)
+    tcfg = slides["tissue"]
+    if tcfg["method"] == "none":
+        thumb, scale = slide.thumbnail(tcfg["thumbnail_size"])
+        tissue = TissueMask(np.ones(thumb.shape[:2], bool), scale)
+    else:
+        tissue, thumb = tissue_mask(slide, tcfg["method"], tcfg["thumbnail_size"], tcfg["closing"],
+                                    tcfg["min_object"], tcfg["max_hole"])
+    grid = plan_grid(slide.shape, slides["tile"], slides["overlap"], tissue, tcfg["min_fraction"])
+    norm = slide_normalizer(stain_json) if slides["stain"] else None
+    source = norm.fit_source(thumb) if norm is not None else None
+    write_image(out_mask, (tissue.mask * 255).astype(np.uint8))
+    write_image(out_thumbnail, thumb)
+    info = {
+        "slide": slide.info(),
+        "tissue": {"method": tcfg["method"], "scale": tissue.scale, "fraction": float(tissue.mask.mean()),
+                   "mask": Path(out_mask).name},
+        "grid": {"tile": grid.tile, "overlap": grid.overlap, "rows": len(grid.ys), "cols": len(grid.xs),
+                 "tiles_total": len(grid.ys) * len(grid.xs), "tiles_tissue": grid.n_tiles},
+        "stain_source": source,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json(out_json, info)
+    log.info("%s: %dx%d at %s µm/px (level %d, x%.3f); tissue %.1f%%, %d of %d tiles", slide_path,
+             slide.shape[0], slide.shape[1], f"{slide.mpp:.4f}" if slide.mpp else "?", slide.level, slide.factor,
+             100 * info["tissue"]["fraction"], grid.n_tiles, info["grid"]["tiles_total"])
+    return info
+
+
+def load_tissue(tissue_json: PathLike):
+    """The :class:`histoflow.wsi.TissueMask` and the info dict written by :func:`run_slide_tissue`."""
+    from .wsi import TissueMask
+
+    info = read_json(tissue_json)
+    mask = read_image(Path(tissue_json).parent / info["tissue"]["mask"]) > 0
+    return TissueMask(mask, float(info["tissue"]["scale"])), info
+
+
+def run_predict_slide_region(
+    slide_path: PathLike, tissue_json: PathLike, model_dir: PathLike, stain_json: PathLike | None,
+    slides: dict[str, Any], predict: dict[str, Any], region: int, device: str, perf: dict[str, Any],
+    out_store: PathLike,
+) -> dict[str, Any]:
+    """One region of a slide through the model into a zarr store (rows it owns, finished).
+
+    ``perf``: ``batch_size``, ``workers``, ``compile`` (speed only, not rerun triggers).
+    """
+    import torch
+
+    from .device import prepare_model, resolve_device
+    from .models import load_model
+    from .tiling import tta_predictor
+    from .wsi import atomic_dir, limit_malloc_retention, plan_grid, predict_slide, split_regions
+
+    limit_malloc_retention()  # flat host memory (this job's own process)
+    tissue, info = load_tissue(tissue_json)
+    slide = open_configured_slide(slide_path, slides)
+    if list(slide.shape) != list(info["slide"]["shape"]):
+        raise ValueError(f"{slide_path}: the slide is {slide.shape} now but was {info['slide']['shape']} when "
+                         f"its tissue was detected ({tissue_json}); rerun slide_tissue")
+    grid = plan_grid(slide.shape, slides["tile"], slides["overlap"], tissue, slides["tissue"]["min_fraction"])
+    regions = split_regions(grid, slides["regions"])
+    reg = regions[region]
+    dev = resolve_device(device)
+    model, spec = load_model(model_dir, dev)
+    context = (getattr(model, "context_factor", 1) - 1) * slides["tile"] // 2
+    model = prepare_model(model, dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        if perf.get("compile"):
+            model = torch.compile(model)
+    predictor = tta_predictor(lambda b: torch.sigmoid(model(b)), predict.get("tta", "none"))
+    norm = slide_normalizer(stain_json) if slides["stain"] else None
+    out_channels = int(spec.get("kwargs", {}).get("out_channels", 1))
+    log.info("region %d/%d: rows %d..%d, tile rows %d..%d, %s", region + 1, len(regions), *reg.rows,
+             *reg.tile_rows, dev)
+    with atomic_dir(out_store) as tmp:
+        stats = predict_slide(
+            slide, predictor, tmp, tile=slides["tile"], overlap=slides["overlap"],
+            batch_size=perf.get("batch_size", 8), blend=slides["blend"], device=dev,
+            num_workers=perf.get("workers", 0), normalizer=norm, stain_source=info["stain_source"],
+            region=reg, grid=grid, context=context, out_channels=out_channels,
+            name=f"{Path(slide_path).name} [{region + 1}/{len(regions)}]",
+            static_batches=bool(perf.get("compile")) and dev.type == "cuda",
+            attrs={"model": str(model_dir), "threshold": spec.get("threshold", 0.5)},
+        )
+    return stats
+
+
+def run_merge_slide(region_stores: list[PathLike], out_store: PathLike) -> dict[str, Any]:
+    """Concatenate the regions' row bands into the slide's probability store."""
+    from .wsi import atomic_dir, merge_regions
+
+    with atomic_dir(out_store) as tmp:
+        stats = merge_regions(region_stores, tmp)
+    log.info("merged %d regions: %d tiles run", len(region_stores), stats["tiles_run"])
+    return stats
+
+
+def run_slide_outputs(
+    prob_store: PathLike, spec_json: PathLike, postprocess: dict[str, Any], slides: dict[str, Any],
+    classification: str, out: dict[str, PathLike],
+) -> dict[str, Any]:
+    """Pyramidal OME-TIFF of the probability map; with ``slides.outputs.instances``, instance labels
+    (zarr + pyramidal OME-TIFF) and the objects as QuPath GeoJSON; ``summary.json``.
+
+    ``out``: paths ``probability``, ``summary`` and (with instances) ``labels``, ``labels_zarr``,
+    ``objects``.
+    """
+    from .postprocess import PostprocessConfig
+    from .wsi import CHUNK, atomic_dir, create_array, open_group, slide_instances, write_ome_pyramid
+
+    t0 = time.perf_counter()
+    group = open_group(prob_store, "r")
+    attrs = dict(group.attrs)
+    prob = group["prob"]
+    slide = attrs["slide"]
+    mpp = slide.get("mpp")
+    outputs = slides["outputs"]
+    k_ch = prob.shape[0]
+    names = ["probability"] if k_ch == 1 else [f"probability {k}" for k in range(k_ch)]
+    dtype = np.uint8 if outputs["prob_dtype"] == "uint8" else np.float32
+    levels = write_ome_pyramid(prob, out["probability"], kind="prob", mpp=mpp, dtype=dtype, channel_names=names)
+    summary: dict[str, Any] = {
+        "slide": slide, "model": attrs.get("model"), "inference": attrs.get("stats"),
+        "probability": {"path": str(out["probability"]), "levels": levels, "dtype": np.dtype(dtype).name},
+    }
+    if outputs["instances"]:
+        pp = PostprocessConfig(**postprocess)
+        default_th = float(read_json(spec_json).get("threshold", 0.5))
+        threshold = pp.threshold if pp.threshold is not None else default_th
+        icfg = slides["instances"]
+        with atomic_dir(out["labels_zarr"]) as tmp:
+            lgroup = open_group(tmp, "w")
+            labels = create_array(lgroup, "labels", tuple(prob.shape[-2:]), (CHUNK, CHUNK), np.uint32)
+            stats = slide_instances(
+                prob, labels, out["objects"], threshold=threshold, postprocess_cfg=pp, block=icfg["block"],
+                margin=icfg["margin"], channel=icfg["channel"], mpp=mpp, downsample=slide.get("downsample", 1.0),
+                classification=classification,
+            )
+            lgroup.attrs.update({"slide": slide, "threshold": threshold, "stats": stats})
+            label_levels = write_ome_pyramid(labels, out["labels"], kind="labels", mpp=mpp)
+        if stats["truncated"]:
+            log.warning("%d objects reached the edge of their block's margin (%d px): they may be cut; raise "
+                        "slides.instances.margin", stats["truncated"], icfg["margin"])
+        summary["instances"] = {**stats, "threshold": threshold, "levels": label_levels}
+        if mpp:
+            summary["instances"]["foreground_area_um2"] = stats["foreground_pixels"] * mpp * mpp
+    inf = attrs.get("stats") or {}
+    if mpp and inf.get("megapixels") is not None:
+        summary["processed_area_mm2"] = inf["megapixels"] * mpp * mpp  # under the tiles run (MP x µm² = mm²)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    write_json(out["summary"], summary)
+    log.info("outputs written in %.1f s", summary["seconds"])
+    return summary
+
