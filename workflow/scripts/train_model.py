@@ -9,5 +9,5 @@ stage1 = snakemake.input.get("stage1")
 run_logged(snakemake, lambda: run_train(
     snakemake.input.store, snakemake.params.model, snakemake.params.seed, snakemake.config["device"],
     Path(snakemake.output.model).parent, init_from=Path(stage1).parent if stage1 else None,
-    stage=snakemake.params.stage,
+    stage=snakemake.params.get("stage", "train"),
 ))
