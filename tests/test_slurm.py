@@ -121,10 +121,11 @@ def test_jobs_went_through_sbatch(runs):
     _, results, log = runs
     submitted = dict(SUBMITTED.findall(log))  # SLURM job id -> its log file
     # 2 group jobs (the small CPU rules before training and after inference) + train_model and
-    # predict for each of the 2 models, each with its own SLURM job id
-    assert len(submitted) == 6, submitted
+    # predict for each of the 3 models + stage 1 of the two-stage one, each with its own SLURM job id
+    assert len(submitted) == 9, submitted
     logs = list(submitted.values())
-    for kind, n in (("/group_prepare_", 1), ("/group_finish_", 1), ("/rule_train_model/", 2), ("/rule_predict/", 2)):
+    for kind, n in (("/group_prepare_", 1), ("/group_finish_", 1), ("/rule_train_model/", 3), ("/rule_predict/", 3),
+                    ("/rule_pretrain_model/", 1)):
         assert sum(kind in f for f in logs) == n, (kind, logs)
     assert (results / "report.html").exists()
 
@@ -132,9 +133,9 @@ def test_jobs_went_through_sbatch(runs):
 def test_profile_reaches_sbatch(runs):
     """What profiles/slurm asks for is what sbatch got: GPU, CPUs per GPU, signal, partition, memory."""
     calls = sbatch_calls(runs[2])
-    train = [c for c in calls if "rule_train_model" in c]
+    train = [c for c in calls if "rule_train_model" in c or "rule_pretrain_model" in c]
     predict = [c for c in calls if "rule_predict" in c]
-    assert len(train) == 2 and len(predict) == 2, calls
+    assert len(train) == 4 and len(predict) == 3, calls
     for c in train + predict:
         assert "--gpus=1" in c and "--cpus-per-gpu=2" in c and "-p ci" in c, c
         assert "--mem 3000" in c, c
