@@ -66,11 +66,7 @@ def unet_weight_map(
     if labels.ndim != 2:
         raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
     fg = labels > 0
-    w = np.ones(labels.shape, np.float32)
-    if class_balance and 0 < fg.sum() < fg.size:
-        n = fg.size
-        w[fg] = np.clip(n / (2.0 * fg.sum()), 0.1, 10.0)
-        w[~fg] = np.clip(n / (2.0 * (~fg).sum()), 0.1, 10.0)
+    w = class_balance_map(fg) if class_balance else np.ones(labels.shape, np.float32)
     if w0 <= 0:
         return w
     reach = int(np.ceil(4 * sigma))

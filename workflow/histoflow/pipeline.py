@@ -257,9 +257,9 @@ def run_predict(
     from .tiling import predict_tiled, tta_predictor
 
     dev = resolve_device(device)
-    model, _spec = load_model(model_dir, dev)
+    model, spec = load_model(model_dir, dev)
     model = prepare_model(model, dev)
-    multiclass = bool(_spec.get("classes"))
+    multiclass = bool(spec.get("classes"))
     activation = (lambda z: torch.softmax(z.float(), dim=1)) if multiclass else torch.sigmoid
     predictor = tta_predictor(lambda b: activation(model(b)), predict.get("tta", "none"))
     out = Path(out_dir)

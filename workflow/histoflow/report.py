@@ -205,12 +205,11 @@ def overlay_figures(
     return paths
 
 
-def morphometry_figure(results: str, models: list[str], datasets: list[str], dpi: int) -> str:
-    """Histograms of object area, minimum Feret diameter and eccentricity per model (all test datasets
-    pooled)."""
+def load_morphometry(results: str, models: list[str], datasets: list[str]) -> dict[str, Any]:
+    """Per model, its objects' measurements on every test dataset pooled (a DataFrame); models
+    without any object are left out."""
     import pandas as pd
 
-    plt = _plt()
     tables = {}
     for m in models:
         frames = [pd.read_csv(p, sep="\t") for d in datasets
@@ -218,21 +217,36 @@ def morphometry_figure(results: str, models: list[str], datasets: list[str], dpi
         frames = [f for f in frames if len(f)]
         if frames:
             tables[m] = pd.concat(frames)
+    return tables
+
+
+def _biomarkers(table: Any) -> list[str]:
+    """The area, minimum Feret diameter and eccentricity columns (units depend on the pixel size)."""
+    return [next(c for c in table.columns if c.startswith("area_")),
+            next(c for c in table.columns if c.startswith("min_feret_")), "eccentricity"]
+
+
+def _column_label(column: str) -> str:
+    """``area_um2`` → ``area (µm²)``, ``min_feret_px`` → ``min feret (px)``."""
+    return (column.replace("_um2", " (µm²)").replace("_px2", " (px²)").replace("_um", " (µm)")
+            .replace("_px", " (px)").replace("_", " "))
+
+
+def morphometry_figure(tables: dict[str, Any], dpi: int) -> str:
+    """Histograms of object area, minimum Feret diameter and eccentricity per model (tables from
+    :func:`load_morphometry`)."""
+    plt = _plt()
     if not tables:
         return "<p>No objects.</p>"
-    any_table = next(iter(tables.values()))
-    area = next(c for c in any_table.columns if c.startswith("area_"))
-    feret = next(c for c in any_table.columns if c.startswith("min_feret_"))
+    columns = _biomarkers(next(iter(tables.values())))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for m, t in tables.items():
-        axes[0].hist(t[area], bins=30, alpha=0.5, label=f"{m} (n={len(t)})")
-        axes[1].hist(t[feret], bins=30, alpha=0.5, label=m)
-        axes[2].hist(t["eccentricity"], bins=30, range=(0, 1), alpha=0.5, label=m)
-    axes[0].set_xlabel(area.replace("_um2", " (µm²)").replace("_px2", " (px²)"))
-    axes[1].set_xlabel(feret.replace("_um", " (µm)").replace("_px", " (px)").replace("_", " "))
-    axes[2].set_xlabel("eccentricity")
-    for a in axes:
-        a.set_ylabel("objects")
+        for k, (ax, c) in enumerate(zip(axes, columns, strict=True)):
+            ax.hist(t[c], bins=30, alpha=0.5, label=f"{m} (n={len(t)})" if k == 0 else m,
+                    range=(0, 1) if c == "eccentricity" else None)
+    for ax, c in zip(axes, columns, strict=True):
+        ax.set_xlabel(_column_label(c))
+        ax.set_ylabel("objects")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return _fig_tag(fig, dpi)
@@ -352,24 +366,16 @@ def fibre_section(results: str, models: list[str], datasets: list[str], dpi: int
         "protocol's oracle choices, for comparison with published FT/DT figures.</p>")
 
 
-def morphometry_table(results: str, models: list[str], datasets: list[str]) -> str:
-    """Median (IQR) of the main fibre biomarkers per model, all test datasets pooled."""
-    import pandas as pd
-
+def morphometry_table(tables: dict[str, Any]) -> str:
+    """Median (IQR) of the main fibre biomarkers per model (tables from :func:`load_morphometry`)."""
     rows = []
-    for m in models:
-        frames = [f for d in datasets if (p := Path(results) / "objects" / m / d / "morphometry.tsv").stat().st_size > 1
-                  and len(f := pd.read_csv(p, sep="\t"))]
-        if not frames:
-            continue
-        t = pd.concat(frames)
-        cols = [next(c for c in t.columns if c.startswith("area_")),
-                next(c for c in t.columns if c.startswith("min_feret_")), "eccentricity"]
+    for m, t in tables.items():
         rows.append([m, str(len(t))] + [f"{t[c].median():.4g} ({t[c].quantile(0.25):.4g}–{t[c].quantile(0.75):.4g})"
-                                        for c in cols])
-        header = ["model", "objects", *(c.replace("_um2", " (µm²)").replace("_px2", " (px²)").replace("_um", " (µm)")
-                                        .replace("_px", " (px)").replace("_", " ") for c in cols)]
-    return _table(header, rows) if rows else ""
+                                        for c in _biomarkers(t)])
+    if not rows:
+        return ""
+    header = ["model", "objects", *(_column_label(c) for c in _biomarkers(next(iter(tables.values()))))]
+    return _table(header, rows)
 
 
 def volume_section(results: str, volume: str) -> str:
@@ -453,8 +459,9 @@ def object_sections(results: str, models: list[str], names: list[str], datasets:
     parts.append(fibre_section(results, models, names, dpi))
 
     parts.append("<h2>Morphometry</h2>")
-    parts.append(morphometry_table(results, models, names))
-    parts.append(morphometry_figure(results, models, names, dpi))
+    tables = load_morphometry(results, models, names)
+    parts.append(morphometry_table(tables))
+    parts.append(morphometry_figure(tables, dpi))
     parts.append("<p class=note>Per-object measurements of the predicted instances on the test images "
                  "(<code>objects/&lt;model&gt;/&lt;dataset&gt;/morphometry.tsv</code>); every image's objects "
                  "are also in a QuPath GeoJSON beside it (File &gt; Import objects).</p>")

@@ -130,12 +130,10 @@ def cross_entropy_loss(
 ) -> torch.Tensor:
     """Pixel-weighted cross-entropy normalised by ``Σ weights``: softmax over ``C > 1`` classes with
     ``target`` class indices ``(N, 1, H, W)`` (optionally class-weighted), else sigmoid BCE."""
-    logits = logits.float()
     if logits.shape[1] == 1:
-        ce = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none")
-    else:
-        cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
-        ce = F.cross_entropy(logits, target[:, 0].long(), weight=cw, reduction="none")[:, None]
+        return weighted_bce_loss(logits, target.float(), weights)
+    cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
+    ce = F.cross_entropy(logits.float(), target[:, 0].long(), weight=cw, reduction="none")[:, None]
     return (ce * weights).sum() / weights.sum().clamp_min(1e-6)
 
 
@@ -228,7 +226,7 @@ def training_loss(out: torch.Tensor | tuple, target: torch.Tensor, weights: torc
 
     if isinstance(out, torch.Tensor):
         return one(out)
-    fused, sides = split_outputs(out)
+    fused, sides = out
     side_w = cfg.side_weights if cfg.side_weights is not None else [1.0] * len(sides)
     if len(side_w) != len(sides):
         raise ValueError(f"train.side_weights has {len(side_w)} entries but the model has {len(sides)} side outputs")
@@ -495,6 +493,8 @@ def train_model(
 
 
 def _validate(model: nn.Module, val: dict[str, np.ndarray], cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    from .semantic import class_metrics, confusion_matrix
+
     x = images_to_tensor(val["images"])
     y = torch.from_numpy(val[cfg.target]).float()[:, None]
     w = torch.from_numpy(loss_weights(val, cfg))[:, None]
@@ -508,20 +508,15 @@ def _validate(model: nn.Module, val: dict[str, np.ndarray], cfg: TrainConfig, de
             wb = centre_crop(w[i : i + cfg.batch_size], logits.shape[-2:])
             total += float(training_loss(logits, yb, wb, cfg)) * len(yb)
             if logits.shape[1] > 1:  # per-class pixel counts of the argmax
-                n_cls = logits.shape[1]
-                keep = (wb[:, 0] > 0).flatten()
-                cm = torch.bincount((yb[:, 0].long().flatten() * n_cls + logits.argmax(1).flatten())[keep],
-                                    minlength=n_cls * n_cls).reshape(n_cls, n_cls).double()
+                keep = (wb[:, 0] > 0).numpy()
+                cm = confusion_matrix(logits.argmax(1).numpy()[keep], yb[:, 0].long().numpy()[keep], logits.shape[1])
                 confusion = cm if confusion is None else confusion + cm
                 continue
             pb = (logits > 0).float() * (wb > 0)
             dice_num += float(2 * (pb * yb).sum())
             dice_den += float(pb.sum() + (yb * (wb > 0)).sum())
     if confusion is not None:
-        tp = confusion.diag()
-        den = confusion.sum(0) + confusion.sum(1)
-        dice = torch.where(den > 0, 2 * tp / den.clamp_min(1), torch.ones_like(tp))
-        return {"val_loss": total / len(x), "val_dice": float(dice.mean())}
+        return {"val_loss": total / len(x), "val_dice": class_metrics(confusion)["mean_dice"]}
     return {"val_loss": total / len(x), "val_dice": dice_num / dice_den if dice_den else 1.0}
 
 

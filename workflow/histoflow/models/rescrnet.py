@@ -26,6 +26,13 @@ from torch import nn
 from . import register_model
 
 
+def lstm_update(i: torch.Tensor, f: torch.Tensor, o: torch.Tensor, g: torch.Tensor, c: torch.Tensor):
+    """The LSTM state update from gate pre-activations: ``c' = σ(f) c + σ(i) tanh(g)``,
+    ``h' = σ(o) tanh(c')``; returns ``(h', c')``."""
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
 class ConvLSTMCell(nn.Module):
     """One step of a convolutional LSTM (Shi et al., NeurIPS 2015) on ``(N, C, *spatial)`` tensors.
 
@@ -55,10 +62,7 @@ class ConvLSTMCell(nn.Module):
             z = x.new_zeros((x.shape[0], self.hidden, *x.shape[2:]))
             state = (z, z)
         h, c = state
-        i, f, o, g = self.conv(torch.cat([x, h], dim=1)).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return h, c
+        return lstm_update(*self.conv(torch.cat([x, h], dim=1)).chunk(4, dim=1), c)
 
 
 class GroupedConvLSTM(nn.Module):
@@ -93,10 +97,8 @@ class GroupedConvLSTM(nn.Module):
         outs = []
         for t in range(steps):
             z = torch.cat([seq[:, t], h], dim=2).reshape(n, -1, length)
-            i, f, o, u = F.conv1d(z, weight, bias, padding=self.pad, groups=g).reshape(n, g, 4, self.hidden,
-                                                                                        length).unbind(2)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(u)
-            h = torch.sigmoid(o) * torch.tanh(c)
+            gates = F.conv1d(z, weight, bias, padding=self.pad, groups=g).reshape(n, g, 4, self.hidden, length)
+            h, c = lstm_update(*gates.unbind(2), c)
             outs.append(h)
         return torch.stack(outs, 1)
 
