@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow"))
+
+from _bench import device_name  # noqa: E402
 
 from histoflow.demo import FibreParams, make_fibre_image  # noqa: E402
 from histoflow.device import prepare_model, resolve_device  # noqa: E402
@@ -113,16 +114,16 @@ def main() -> None:
                       "megapixels_per_s_at_9x": float(px[-1] / 1e6 / t[-1])}
         print(f"{name}: time = {a:.3f} s + {b * 1e6:.3f} s/MP (R² {r2:.4f}); {fits[name]['megapixels_per_s_at_9x']:.2f} MP/s at 9x")
 
-    device_name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
+    name = device_name(str(device))
     result = {
-        "device": str(device), "device_name": device_name, "torch": torch.__version__,
+        "device": str(device), "device_name": name, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "base": base, "tile": tile, "overlap": args.overlap, "batch": batch,
         "models_m_params": params, "small_models": small, "repeats": repeats, "rows": results, "fits": fits,
         "bf16_channels_last": cuda,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(results, fits, out.with_suffix(".png"), f"{device_name}, tile {tile}, base {base}²")
+    plot(results, fits, out.with_suffix(".png"), f"{name}, tile {tile}, base {base}²")
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 

@@ -21,10 +21,8 @@ whose library is missing are skipped.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +33,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
+
+from _bench import cpu_model, package_versions, usable_cpus  # noqa: E402
 
 from histoflow import stain  # noqa: E402
 
@@ -178,19 +178,7 @@ def torchstain_rows(devices: list[str]) -> list[Row]:
 
 
 def cpu_info() -> dict[str, Any]:
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    info: dict[str, Any] = {"model": model, "logical_cpus": os.cpu_count(), "usable_cpus": usable}
+    info: dict[str, Any] = {"model": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": usable_cpus()}
     try:
         info["loadavg_at_start"] = os.getloadavg()
     except OSError:
@@ -199,22 +187,8 @@ def cpu_info() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for package in (
-        "histoflow",
-        "numpy",
-        "scikit-image",
-        "torch",
-        "staintools",
-        "spams-bin",
-        "torchstain",
-        "opencv-python",
-    ):
-        try:
-            out[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+    return package_versions(("histoflow", "numpy", "scikit-image", "torch", "staintools", "spams-bin", "torchstain",
+                             "opencv-python"))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -37,7 +37,6 @@ import argparse
 import importlib.metadata
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -49,6 +48,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
+
+from _bench import device_name, package_versions  # noqa: E402
 
 MODELS = {
     # name: (base_width, depth); ronneberger = the 2015 paper's widths 64..1024, 31 M parameters
@@ -127,6 +128,22 @@ def compiled(model: Any, device: str, batch: int, tile: int) -> Any:
 # one size, in its own process
 
 
+def child_setup(args: argparse.Namespace) -> tuple[Path, Any]:
+    """What both measuring children do first: CPU threads, the slide file, the model on its device
+    (cuDNN autotuning on CUDA, compiled with --compile)."""
+    import torch
+
+    if args.device == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
+    path = slide_file(Path(args.workdir), args.size)
+    model = build(args.model, args.device)
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    if args.compile:
+        model = compiled(model, args.device, args.batch_size, args.tile)
+    return path, model
+
+
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """End-to-end run of one slide (this process's peak RSS is the figure)."""
     import torch
@@ -142,14 +159,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     limit_malloc_retention()  # as the workflow's predict_slide_region job does
     device = args.device
-    if device == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
-    path = slide_file(Path(args.workdir), args.size)
-    model = build(args.model, device)
-    if device.startswith("cuda"):
-        torch.backends.cudnn.benchmark = True
-    if args.compile:
-        model = compiled(model, device, args.batch_size, args.tile)
+    path, model = child_setup(args)
 
     def predictor(x):
         return torch.sigmoid(model(x))
@@ -202,14 +212,7 @@ def monai_child(args: argparse.Namespace) -> dict[str, Any]:
     from histoflow.device import autocast
 
     device = args.device
-    if device == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
-    path = slide_file(Path(args.workdir), args.size)
-    model = build(args.model, device)
-    if device.startswith("cuda"):
-        torch.backends.cudnn.benchmark = True
-    if args.compile:
-        model = compiled(model, device, args.batch_size, args.tile)
+    path, model = child_setup(args)
 
     def predictor(x):
         if device.startswith("cuda"):
@@ -358,30 +361,8 @@ def plot_scaling(result: dict[str, Any], device_name: str, path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        import torch
-
-        return torch.cuda.get_device_name(torch.device(device))
-    model = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({len(os.sched_getaffinity(0))} cores)"
-
-
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for package in ("torch", "numpy", "tifffile", "imagecodecs", "zarr", "openslide-python", "monai"):
-        try:
-            out[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+    return package_versions(("torch", "numpy", "tifffile", "imagecodecs", "zarr", "openslide-python", "monai"))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
