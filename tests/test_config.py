@@ -33,7 +33,8 @@ def test_empty_config_gets_every_default():
     assert unet["arch"] == "unet" and unet["params"] == {}
     assert unet["train"]["epochs"] == 20 and unet["train"]["lr"] == 0.001
     assert unet["train"]["max_steps_per_epoch"] is None and unet["train"]["target"] == "masks"
-    assert unet["predict"] == {"tile": 256, "overlap": 64, "batch_size": 4, "blend": "gaussian", "tta": "none"}
+    assert unet["predict"] == {"tile": 256, "overlap": 64, "batch_size": 4, "blend": "gaussian", "tta": "none",
+                               "score_threshold": None, "nms_iou": 0.5, "mask_threshold": 0.3}
     assert cfg["postprocess"]["threshold"] is None and cfg["postprocess"]["split"] == "watershed"
     assert cfg["report"]["dpi"] == 100
     assert validate_config(None) == cfg
@@ -229,3 +230,19 @@ def test_ensembles_are_checked_against_models():
         check_ensembles(validate_config({**base, "ensembles": {"a": {"members": ["a", "b"]}}}))
     with pytest.raises(ConfigError, match="one weight per member"):
         check_ensembles(validate_config({**base, "ensembles": {"ab": {"members": ["a", "b"], "weights": [1]}}}))
+
+
+def test_instance_architectures_are_listed_and_their_impossible_settings_rejected():
+    from histoflow.config import INSTANCE_ARCHS, check_models
+    from histoflow.models import available_models, build_model
+
+    flagged = {a for a in available_models() if getattr(build_model(a), "instance_model", False)}
+    assert flagged == set(INSTANCE_ARCHS)  # the list the workflow checks without importing torch
+    ok = validate_config({"models": {"m": {"arch": "mask_rcnn"}}})
+    check_models(ok)
+    bad = validate_config({"classes": ["a", "b"], "models": {"m": {"arch": "mask_rcnn", "predict": {"tta": "flips"},
+                                                                   "pretrain": {"epochs": 1}}}})
+    with pytest.raises(ConfigError) as err:
+        check_models(bad)
+    for key in ("models.m:", "models.m.predict.tta", "models.m.pretrain"):
+        assert key in str(err.value)

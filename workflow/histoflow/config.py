@@ -114,3 +114,28 @@ def check_ensembles(config: dict[str, Any]) -> list[str]:
             raise ConfigError(f"config.yaml is invalid:\n  ensembles.{name}.weights: give one weight per member")
         names.append(name)
     return names
+
+
+# Architectures that segment object instances through detections (histoflow.detection); kept here,
+# without importing torch, so the workflow checks them when it parses config.yaml.
+# tests/test_config.py checks it against the models' own ``instance_model`` flag.
+INSTANCE_ARCHS = ("mask_rcnn", "usnet")
+
+
+def check_models(config: dict[str, Any]) -> None:
+    """Settings an instance model cannot honour fail when the workflow is parsed, not after training."""
+    errors = []
+    for name, m in config.get("models", {}).items():
+        if m["arch"] not in INSTANCE_ARCHS:
+            continue
+        if config.get("classes"):
+            errors.append(f"models.{name}: {m['arch']} segments object instances, but the workflow is multi-class "
+                          "(top-level classes:); use unet or rescrnet there")
+        if m.get("predict", {}).get("tta", "none") != "none":
+            errors.append(f"models.{name}.predict.tta: detections cannot be averaged over flips; set tta: none "
+                          "(an ensemble can average this model's probability map with others)")
+        if m.get("pretrain"):
+            errors.append(f"models.{name}.pretrain: two-stage training is for boundary/interior models; "
+                          f"{m['arch']} trains in one stage (remove pretrain)")
+    if errors:
+        raise ConfigError("config.yaml is invalid:\n  " + "\n  ".join(errors))

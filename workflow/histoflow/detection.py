@@ -134,8 +134,9 @@ def _box_window(box: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int,
 def paste_mask(mask: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> tuple[tuple[slice, slice], np.ndarray] | None:
     """Resize a box-frame mask ``(M, M)`` onto the pixels its box covers (clipped to ``shape``).
 
-    Returns ``(slices, values)`` with ``values`` the mask sampled at those pixels' centres, or None
-    when the box lies outside the image. The box-frame coordinate of pixel centre ``c + 0.5`` is
+    Returns ``(slices, values)`` with ``values`` the mask sampled (bilinear, edge values extended up
+    to the box border) at those pixels' centres, 0 where a centre lies outside the box; None when
+    the box lies outside the image. The box-frame coordinate of pixel centre ``c + 0.5`` is
     ``(c + 0.5 - x0) / (x1 - x0) * M``, the same convention as RoI Align with ``aligned=True``.
     """
     win = _box_window(box, shape)
@@ -147,7 +148,9 @@ def paste_mask(mask: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> tup
     gy = ((np.arange(r0, r1) + 0.5 - y0) / max(y1 - y0, 1e-6)) * 2 - 1
     grid = torch.from_numpy(np.stack(np.meshgrid(gx, gy), -1).astype(np.float32))[None]
     vals = F.grid_sample(torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None, None], grid,
-                         mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0].numpy()
+                         mode="bilinear", padding_mode="border", align_corners=False)[0, 0].numpy()
+    inside = (np.abs(gy) <= 1)[:, None] & (np.abs(gx) <= 1)[None, :]  # centres outside the box get 0
+    vals = np.where(inside, vals, 0).astype(np.float32)
     return (slice(r0, r1), slice(c0, c1)), vals
 
 

@@ -135,7 +135,7 @@ def run_train(
     from .models import build_model, save_model
     from .patches import read_patch_group, read_store_attrs
     from .report import plot_history
-    from .train import TrainConfig, loss_fields, seed_everything, write_history_tsv
+    from .train import TrainConfig, loss_fields, seed_everything, train_instances, train_model, write_history_tsv
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,12 +143,18 @@ def run_train(
     attrs = read_store_attrs(store)
     classes = json.loads(attrs.get("classes", "[]"))
     stage_cfg = dict(model_cfg.get(stage, {}))
-    if classes:  # multi-class workflow: a softmax over the classes, whatever the target was
-        stage_cfg["target"] = "classes"
-    cfg = TrainConfig(**stage_cfg, seed=seed)
     kwargs = {"in_channels": 3, "out_channels": len(classes) if classes else 1, **model_cfg.get("params", {})}
     seed_everything(seed)  # the initial weights are part of the reproducible run
     model = build_model(model_cfg["arch"], **kwargs)
+    instance = getattr(model, "instance_model", False)
+    if instance and classes:
+        raise ValueError(f"model {model_cfg['arch']!r} segments object instances, but this workflow is multi-class "
+                         "(top-level classes:); use a semantic model (unet, rescrnet) or drop classes:")
+    if instance:  # boxes and masks from the instance labels, whatever the target was
+        stage_cfg["target"] = "instances"
+    elif classes:  # multi-class workflow: a softmax over the classes, whatever the target was
+        stage_cfg["target"] = "classes"
+    cfg = TrainConfig(**stage_cfg, seed=seed)
     init = Path(init_from) / "model.pt" if init_from else (Path(model_cfg["weights"]) if model_cfg.get("weights") else None)
     if init is not None and not init.exists():
         raise FileNotFoundError(f"{init}: initial weights not found (models.*.weights in config.yaml).")
@@ -160,7 +166,7 @@ def run_train(
     elif init is not None:
         missing, unexpected = model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True), strict=False)
         log.info("initialised from %s (missing %d, unexpected %d keys)", init, len(missing), len(unexpected))
-    fields = loss_fields(cfg)
+    fields = ("images", "labels") if instance else loss_fields(cfg)
     train = read_patch_group(store, "train", fields)
     val = read_patch_group(store, "val", fields)
     log.info("training %s (%s, target %s, loss %s) on %s: %d train / %d val patches, %.2f M parameters",
@@ -169,7 +175,8 @@ def run_train(
     t0 = time.perf_counter()
     # The checkpoint resumes only the same run: same settings and the same input files.
     run_key = {"model": model_cfg, "stage": stage, "inputs": [_fingerprint(store), _fingerprint(init)]}
-    result = train_with_oom_fallback(model, train, val, cfg, dev, out / "checkpoint.pt", run_key)
+    result = train_with_oom_fallback(model, train, val, cfg, dev, out / "checkpoint.pt", run_key,
+                                     train_instances if instance else train_model)
     spec = {
         "arch": model_cfg["arch"],
         "kwargs": kwargs,
@@ -177,7 +184,9 @@ def run_train(
         "target": cfg.target,
         "boundary_width": int(attrs.get("boundary_width", 1)),
         "classes": classes,
-        "threshold": result["threshold"],
+        "threshold": result.get("threshold", 0.5),
+        **({"instances": True, "score_threshold": result["score_threshold"], "val_aji": result["val_aji"]}
+           if instance else {}),
         "batch_size": cfg.batch_size,
         "val_dice": result["val_dice"],
         "train_seconds": time.perf_counter() - t0,
@@ -210,7 +219,9 @@ def plot_augmentation_examples(train: dict[str, np.ndarray], cfg, path: Path, n:
 
     k = min(n, len(train["images"]))
     x = images_to_tensor(train["images"][:k])
-    y = torch.from_numpy(train[cfg.target][:k]).float()[:, None]
+    field = "labels" if cfg.target == "instances" else cfg.target
+    y = torch.from_numpy(train[field][:k])[:, None]
+    y = y.long() if field == "labels" else y.float()
     aug = augment_config(cfg.augment)
     xa, (ya,) = augment(x, [y], aug, torch.Generator().manual_seed(cfg.seed))
     images = (xa.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
@@ -218,8 +229,9 @@ def plot_augmentation_examples(train: dict[str, np.ndarray], cfg, path: Path, n:
     plot_augmented(images, ya[:, 0].numpy(), path, title=f"augmented training patches ({name}); outlines = {cfg.target}")
 
 
-def train_with_oom_fallback(model, train, val, cfg, dev, checkpoint: Path, run_key: Any):
-    """:func:`histoflow.train.train_model`, restarted with half the batch size on CUDA out-of-memory.
+def train_with_oom_fallback(model, train, val, cfg, dev, checkpoint: Path, run_key: Any, train_fn=None):
+    """``train_fn`` (default :func:`histoflow.train.train_model`), restarted with half the batch
+    size on CUDA out-of-memory.
 
     A job that asked for too large a batch still finishes (more slowly, with a warning in its log)
     instead of failing after the queue wait; ``cfg.batch_size`` is updated to the size that worked.
@@ -230,10 +242,11 @@ def train_with_oom_fallback(model, train, val, cfg, dev, checkpoint: Path, run_k
 
     from .train import train_model
 
+    train_fn = train_fn or train_model
     initial = copy.deepcopy(model.state_dict())
     while True:
         try:
-            return train_model(model, train, val, cfg, dev, checkpoint, run_key=run_key)
+            return train_fn(model, train, val, cfg, dev, checkpoint, run_key=run_key)
         except torch.cuda.OutOfMemoryError:
             if cfg.batch_size == 1:
                 raise RuntimeError("out of GPU memory with batch_size=1: lower patches.size or the model width") from None
@@ -259,6 +272,9 @@ def run_predict(
     dev = resolve_device(device)
     model, spec = load_model(model_dir, dev)
     model = prepare_model(model, dev)
+    if getattr(model, "instance_model", False):
+        predict_instances(model, spec, normalized_dir, stems, predict, dev, out_dir)
+        return
     multiclass = bool(spec.get("classes"))
     activation = (lambda z: torch.softmax(z.float(), dim=1)) if multiclass else torch.sigmoid
     predictor = tta_predictor(lambda b: activation(model(b)), predict.get("tta", "none"))
@@ -276,6 +292,51 @@ def run_predict(
         prob = prob if multiclass else prob[0]
         write_image(out / f"{stem}.tif", prob.astype(np.float32))
         log.info("%s: %dx%d in %.2fs", stem, image.shape[0], image.shape[1], time.perf_counter() - t0)
+
+
+def predict_instances(
+    model, spec: dict[str, Any], normalized_dir: PathLike, stems: list[str], predict: dict[str, Any], dev,
+    out_dir: PathLike,
+) -> None:
+    """Tiled detection with an instance model. Per image: ``<stem>.tif``, the seed's merge map (kept
+    masks with pixels under ``mask_threshold`` zeroed, summed, clipped to [0, 1]; thresholded at
+    the spec's 0.5 by the ``merge`` post-processing) and ``instances/<stem>.tif``, each kept detection
+    with its own id (the ``preserve`` post-processing). Kept = score at least ``score_threshold``
+    (null: the one chosen on the validation patches), then NMS at ``nms_iou``."""
+    import torch
+
+    from .detection import detect_tiled, filter_detections, instance_labels, merged_probability
+    from .device import autocast
+
+    if predict.get("tta", "none") != "none":
+        raise ValueError(f"predict.tta: {predict['tta']} averages probability maps; detections of the instance model "
+                         f"{spec['arch']!r} cannot be averaged that way. Set tta: none for this model (or ensemble "
+                         "its probability map with other models).")
+    score = predict.get("score_threshold")
+    score = float(spec.get("score_threshold", 0.5) if score is None else score)
+    out = Path(out_dir)
+    (out / "instances").mkdir(parents=True, exist_ok=True)
+
+    def detector(batch: torch.Tensor):
+        with autocast(dev):
+            return model.detect(batch)
+
+    log.info("detection score threshold %.2f%s, NMS IoU %.2f, mask threshold %.2f", score,
+             " (validation-chosen)" if predict.get("score_threshold") is None else "", predict["nms_iou"],
+             predict["mask_threshold"])
+    for stem in stems:
+        image = read_rgb(Path(normalized_dir) / f"{stem}.png")
+        x = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+        t0 = time.perf_counter()
+        dets = detect_tiled(detector, x, tile=predict["tile"], overlap=predict["overlap"],
+                            batch_size=predict["batch_size"], device=dev, nms_iou=predict["nms_iou"])
+        kept = filter_detections(dets, score, predict["nms_iou"])
+        shape = image.shape[:2]
+        write_image(out / f"{stem}.tif", merged_probability(kept, shape, predict["mask_threshold"]))
+        labels = instance_labels(kept, shape, 0.5)
+        write_image(out / "instances" / f"{stem}.tif", labels.astype(np.uint16 if labels.max() < 65536 else np.uint32))
+        log.info("%s: %dx%d, %d detections, %d kept, %d instances in %.2fs", stem, *shape, len(dets), len(kept),
+                 labels.max(), time.perf_counter() - t0)
 
 
 def run_ensemble_predict(member_dirs: list[PathLike], weights: list[float] | None, out_dir: PathLike) -> None:
@@ -298,7 +359,8 @@ def run_ensemble_spec(member_specs: list[PathLike], members: list[str], weights:
     w = np.asarray(weights if weights else [1.0] * len(members), np.float64)
     w = w / w.sum()
     specs = [read_json(p) for p in member_specs]
-    targets = {s.get("target", "masks") for s in specs}
+    # an instance model's merge map is a foreground probability, like a masks model's
+    targets = {s.get("target", "masks").replace("instances", "masks") for s in specs}
     if len(targets) > 1:
         raise ValueError(f"ensemble members {members} predict different targets {sorted(targets)}: average only "
                          "models of the same target (masks with masks, interiors with interiors)")
@@ -316,7 +378,7 @@ def run_postprocess(
 ) -> None:
     """Probability maps → instance label TIFFs (uint16, or uint32 past 65535 objects)."""
     from .io import read_image
-    from .postprocess import PostprocessConfig, postprocess
+    from .postprocess import PostprocessConfig, postprocess, relabel_sequential
 
     pp = PostprocessConfig(**cfg)
     spec = read_json(spec_json)
@@ -329,6 +391,14 @@ def run_postprocess(
             prob = read_image(p)
             write_image(out / f"{p.stem}.tif", cleanup_classes(prob.argmax(0).astype(np.uint8), pp.min_size))
         log.info("argmax class maps, regions under %d px merged into their surroundings", pp.min_size)
+        return
+    if spec.get("instances") and pp.detections == "preserve":  # each detection keeps its own id
+        for p in sorted(Path(pred_dir).glob("*.tif")):
+            labels = read_image(Path(pred_dir) / "instances" / p.name).astype(np.int64)
+            labels[np.bincount(labels.ravel())[labels] < pp.min_size] = 0
+            labels = relabel_sequential(labels)
+            write_image(out / p.name, labels.astype(np.uint16 if labels.max() < 65536 else np.uint32))
+        log.info("instances: the model's detections, each with its own id (objects under %d px dropped)", pp.min_size)
         return
     default_th = float(spec.get("threshold", 0.5))
     grow = instance_growth(spec)
@@ -442,7 +512,7 @@ def run_evaluate_fibres(
 
     from .io import atomic_path, read_image
     from .metrics import fixed_and_dynamic_thresholds, per_fibre_precision_recall
-    from .postprocess import PostprocessConfig, postprocess
+    from .postprocess import PostprocessConfig, postprocess, relabel_sequential
 
     pp = PostprocessConfig(**postprocess_cfg)
     grow = instance_growth(read_json(spec_json))

@@ -23,6 +23,9 @@ class PostprocessConfig:
         lower than ``h`` above their surroundings merge, so larger ``h`` splits less.
     graphcut: replace plain thresholding by a graph cut (:func:`histoflow.graphcut.graphcut`) that
         smooths the mask along image edges; ``gamma``, ``sigma``, ``delta`` are its weights.
+    detections: instance models (Mask R-CNN, US-Net) only. ``"merge"`` (the seed's rule) thresholds
+        the sum of the kept detection masks and separates objects like any probability map;
+        ``"preserve"`` keeps each detection as its own object.
     """
 
     threshold: float | None = None
@@ -34,8 +37,11 @@ class PostprocessConfig:
     gamma: float = 1.0
     sigma: float = 0.1
     delta: float = 0.0
+    detections: str = "merge"
 
     def __post_init__(self) -> None:
+        if self.detections not in ("merge", "preserve"):
+            raise ValueError(f"postprocess.detections must be 'merge' or 'preserve', got {self.detections!r}")
         if self.split not in ("watershed", "components"):
             raise ValueError(f"postprocess.split must be 'watershed' or 'components', got {self.split!r}")
 

@@ -86,7 +86,7 @@ def plot_history(history: list[dict[str, float]], path: PathLike, dpi: int = 100
 
 def plot_augmented(images: np.ndarray, masks: np.ndarray, path: PathLike, title: str = "", dpi: int = 100) -> None:
     """A row of augmented training patches ``(N, H, W, 3)`` with their masks ``(N, H, W)`` outlined, so a
-    user sees what the model trained on."""
+    user sees what the model trained on (integer masks are instance labels: every object outlined)."""
     from skimage.segmentation import find_boundaries
 
     plt = _plt()
@@ -94,7 +94,7 @@ def plot_augmented(images: np.ndarray, masks: np.ndarray, path: PathLike, title:
     fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.5), squeeze=False)
     for a, img, m in zip(axes[0], images, masks, strict=True):
         shown = img.copy()
-        shown[find_boundaries(m > 0, mode="inner")] = (255, 230, 0)
+        shown[find_boundaries(m if m.dtype.kind in "iu" else m > 0, mode="inner")] = (255, 230, 0)
         a.imshow(shown)
         a.axis("off")
     fig.suptitle(title, fontsize=9)

@@ -40,7 +40,7 @@ from .io import atomic_path
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("masks", "boundaries", "interiors", "classes")
+TARGETS = ("masks", "boundaries", "interiors", "classes", "instances")
 LOSSES = ("bce_dice", "weighted_bce", "tanimoto", "cross_entropy")
 
 
@@ -69,6 +69,12 @@ class TrainConfig:
     augment: bool | str | dict = True  # true = "dihedral"; a preset name; or {preset: ..., field: value}
     seed: int = 0
     max_steps_per_epoch: int | None = None
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    lr_steps: list[int] | None = None
+    lr_gamma: float = 0.1
+    branch_lr: dict[str, float] | None = None
     thresholds: list[float] = field(default_factory=lambda: [round(t, 2) for t in np.arange(0.1, 0.91, 0.05)])
 
     def __post_init__(self) -> None:
@@ -82,6 +88,10 @@ class TrainConfig:
             raise ValueError(f"train.reliability must be in (0.5, 1] or null, got {self.reliability}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("train.epochs, train.batch_size must be >= 1 and train.lr > 0")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"train.optimizer must be adamw or sgd, got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "step"):
+            raise ValueError(f"train.schedule must be cosine or step, got {self.schedule!r}")
         augment_config(self.augment)  # fail early on an unknown preset or field
 
 
@@ -367,45 +377,73 @@ def choose_threshold(prob: np.ndarray, target: np.ndarray, valid: np.ndarray, th
     return best
 
 
-def train_model(
+def make_optimizers(
+    model: nn.Module, cfg: TrainConfig, steps_per_epoch: int
+) -> tuple[list[torch.optim.Optimizer], list[torch.optim.lr_scheduler.LRScheduler]]:
+    """One optimizer (and scheduler) per parameter group of the model.
+
+    A model with ``param_groups()`` (US-Net: segmentation, detection, refinement) gets one optimizer
+    per branch, each with its own learning rate from ``cfg.branch_lr`` (default ``cfg.lr``); others
+    get one. ``cfg.optimizer``: ``adamw`` or ``sgd`` (with ``cfg.momentum``). ``cfg.schedule``:
+    ``cosine`` (linear warm-up, cosine decay to 1 %) or ``step`` (warm-up, then × ``lr_gamma`` at each
+    epoch listed in ``lr_steps``), stepped every optimisation step.
+    """
+    groups = model.param_groups() if hasattr(model, "param_groups") else {"all": list(model.parameters())}
+    unknown = set(cfg.branch_lr or {}) - set(groups)
+    if unknown:
+        raise ValueError(f"train.branch_lr names {sorted(unknown)}, but the model's branches are {sorted(groups)}")
+    total, warmup = steps_per_epoch * cfg.epochs, cfg.warmup_epochs * steps_per_epoch
+    milestones = sorted(cfg.lr_steps or [])
+
+    def factor(step: int) -> float:
+        if cfg.schedule == "cosine":
+            return lr_lambda(step, total, warmup)
+        warm = (step + 1) / warmup if step < warmup else 1.0
+        return warm * cfg.lr_gamma ** sum(step >= m * steps_per_epoch for m in milestones)
+
+    opts, scheds = [], []
+    for name, params in groups.items():
+        lr = (cfg.branch_lr or {}).get(name, cfg.lr)
+        if cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        opts.append(opt)
+        scheds.append(torch.optim.lr_scheduler.LambdaLR(opt, factor))
+    return opts, scheds
+
+
+def run_epochs(
     model: nn.Module,
-    train_data: dict[str, np.ndarray],
-    val_data: dict[str, np.ndarray] | None,
+    step_loss: Any,
+    n: int,
     cfg: TrainConfig,
     device: torch.device,
     checkpoint: Path,
     run_key: Any = None,
+    validate: Any = None,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Train ``model`` in place and return ``{"history": [...], "threshold": t, "val_dice": d}``.
+) -> list[dict[str, float]]:
+    """The resumable epoch loop shared by every model; returns the history (one row per epoch).
 
-    ``train_data``/``val_data`` are dicts of arrays as read by
-    :func:`histoflow.patches.read_patch_group`. ``checkpoint`` is written after every epoch, and
-    mid-epoch when SIGUSR1/SIGTERM arrives (then :class:`TrainingInterrupted` is raised). When it
-    exists and was written for the same ``run_key`` (e.g. the model's config), training resumes from
-    it with the same optimizer, scheduler (the learning rate does not reset), RNG state, epoch and
-    step, so an interrupted and resumed run ends with the same weights as an uninterrupted one
-    (bitwise on CPU). A checkpoint from other settings is ignored (and overwritten).
+    ``step_loss(idx, gen)`` computes the training loss of the samples ``idx`` (a tensor of indices
+    into the ``n`` training samples; ``gen`` the loop's generator, for augmentation);
+    ``validate()`` returns the epoch's validation figures. Each epoch visits every sample
+    ``augment.repeats`` times in a seeded random order. ``checkpoint`` is written after every epoch,
+    and mid-epoch when SIGUSR1/SIGTERM arrives (then :class:`TrainingInterrupted` is raised). When it
+    exists and was written for the same ``run_key`` and settings, training resumes from it with the
+    same optimizers, schedulers (the learning rate does not reset), RNG state, epoch and step, so an
+    interrupted and resumed run ends with the same weights as an uninterrupted one (bitwise on CPU).
+    A checkpoint from other settings is ignored (and overwritten).
     """
-    seed_everything(cfg.seed)
-    key = params_hash({"run": run_key, "train": asdict(cfg)})
-    x_train = images_to_tensor(train_data["images"])
-    y_train = torch.from_numpy(train_data[cfg.target]).float()[:, None]
-    w_train = torch.from_numpy(loss_weights(train_data, cfg))[:, None]
-    n = len(x_train)
     if n == 0:
         raise ValueError("the patch store has no training patches: add images or lower val_fraction")
+    key = params_hash({"run": run_key, "train": asdict(cfg)})
     aug = augment_config(cfg.augment)
     steps = math.ceil(n * aug.repeats / cfg.batch_size)
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
-    total_steps = steps * cfg.epochs
-
-    model = prepare_model(model, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_lambda(s, total_steps, cfg.warmup_epochs * steps)
-    )
+    opts, scheds = make_optimizers(model, cfg, steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
     start_epoch, start_step, perm, losses = 0, 0, None, []
@@ -413,8 +451,8 @@ def train_model(
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if state.get("key") == key:
             model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
+            for obj, saved in zip([*opts, *scheds], state["optimizers"] + state["schedulers"], strict=True):
+                obj.load_state_dict(saved)
             gen.set_state(state["generator"])
             _set_rng_state(state["rng"])
             history = state["history"]
@@ -427,9 +465,9 @@ def train_model(
             log.warning("ignoring %s: it was written for other settings", checkpoint)
 
     def snapshot(epoch_done: int, **mid_epoch: Any) -> dict[str, Any]:
-        return {"key": key, "epoch": epoch_done, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "generator": gen.get_state(), "rng": _rng_state(),
-                "history": history, **mid_epoch}
+        return {"key": key, "epoch": epoch_done, "model": model.state_dict(),
+                "optimizers": [o.state_dict() for o in opts], "schedulers": [s.state_dict() for s in scheds],
+                "generator": gen.get_state(), "rng": _rng_state(), "history": history, **mid_epoch}
 
     with StopOnSignal() as stop:
         for epoch in range(start_epoch, cfg.epochs):
@@ -442,17 +480,13 @@ def train_model(
                        mininterval=10)
             for step in bar:
                 idx = perm[(step * cfg.batch_size) % len(perm) :][: cfg.batch_size]
-                xb, yb, wb = to_device(x_train[idx], device), y_train[idx].to(device), w_train[idx].to(device)
-                xb, (yb, wb) = augment(xb, [yb, wb], aug, gen)
-                with autocast(device):
-                    out = model(xb)
-                size = split_outputs(out)[0].shape[-2:]
-                yb, wb = centre_crop(yb, size), centre_crop(wb, size)
-                loss = training_loss(out, yb, wb, cfg)
-                opt.zero_grad(set_to_none=True)
+                loss = step_loss(idx, gen)
+                for opt in opts:
+                    opt.zero_grad(set_to_none=True)
                 loss.backward()
-                opt.step()
-                sched.step()
+                for opt, sched in zip(opts, scheds, strict=True):
+                    opt.step()
+                    sched.step()
                 losses.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
                 if stop.signum is not None and step + 1 < steps:
@@ -462,9 +496,9 @@ def train_model(
                         f"saved to {checkpoint}: rerun the job to resume"
                     )
             start_step = 0
-            row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"]}
-            if val_data is not None and len(val_data["images"]):
-                row.update(_validate(model, val_data, cfg, device))
+            row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": opts[0].param_groups[0]["lr"]}
+            if validate is not None:
+                row.update(validate())
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
             log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
@@ -472,9 +506,47 @@ def train_model(
             if stop.signum is not None and epoch + 1 < cfg.epochs:
                 raise TrainingInterrupted(f"stopped by signal {stop.signum} after epoch {epoch + 1}; checkpoint "
                                           f"saved to {checkpoint}: rerun the job to resume")
+    return history
+
+
+def train_model(
+    model: nn.Module,
+    train_data: dict[str, np.ndarray],
+    val_data: dict[str, np.ndarray] | None,
+    cfg: TrainConfig,
+    device: torch.device,
+    checkpoint: Path,
+    run_key: Any = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a segmentation ``model`` in place and return ``{"history": [...], "threshold": t, "val_dice": d}``.
+
+    ``train_data``/``val_data`` are dicts of arrays as read by
+    :func:`histoflow.patches.read_patch_group`; the loop, its checkpoints and resumption are
+    :func:`run_epochs`'. After training, BatchNorm statistics are re-estimated
+    (``recalibrate_bn``) and the binary threshold maximising validation Dice is chosen.
+    """
+    seed_everything(cfg.seed)
+    x_train = images_to_tensor(train_data["images"])
+    y_train = torch.from_numpy(train_data[cfg.target]).float()[:, None]
+    w_train = torch.from_numpy(loss_weights(train_data, cfg))[:, None]
+    aug = augment_config(cfg.augment)
+    model = prepare_model(model, device)
+
+    def step_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        xb, yb, wb = to_device(x_train[idx], device), y_train[idx].to(device), w_train[idx].to(device)
+        xb, (yb, wb) = augment(xb, [yb, wb], aug, gen)
+        with autocast(device):
+            out = model(xb)
+        size = split_outputs(out)[0].shape[-2:]
+        return training_loss(out, centre_crop(yb, size), centre_crop(wb, size), cfg)
+
+    has_val = val_data is not None and len(val_data["images"]) > 0
+    history = run_epochs(model, step_loss, len(x_train), cfg, device, checkpoint, run_key,
+                         (lambda: _validate(model, val_data, cfg, device)) if has_val else None, progress)
 
     if cfg.recalibrate_bn and recalibrate_batchnorm(model, x_train, device, cfg.batch_size):
-        row = _validate(model, val_data, cfg, device) if val_data is not None and len(val_data["images"]) else {}
+        row = _validate(model, val_data, cfg, device) if has_val else {}
         if history and row:
             history[-1].update({f"{k}_recalibrated": v for k, v in row.items()})
         log.info("BatchNorm statistics re-estimated on the %d training patches%s", len(x_train),
@@ -483,13 +555,96 @@ def train_model(
     if cfg.target == "classes":  # argmax, no threshold: the validation score is the mean class Dice
         last = history[-1] if history else {}
         val_dice = last.get("val_dice_recalibrated", last.get("val_dice", float("nan")))
-    elif val_data is not None and len(val_data["images"]):
+    elif has_val:
         prob = predict_batches(model, images_to_tensor(val_data["images"]), device, cfg.batch_size)[:, 0].numpy()
         target = centre_crop(val_data[cfg.target], prob.shape[-2:])
         valid = centre_crop(val_data["weights"], prob.shape[-2:]) > 0
         threshold, val_dice = choose_threshold(prob, target, valid, cfg.thresholds)
         log.info("validation-chosen threshold %.2f (pixel Dice %.4f)", threshold, val_dice)
     return {"history": history, "threshold": threshold, "val_dice": val_dice}
+
+
+SCORE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def train_instances(
+    model: nn.Module,
+    train_data: dict[str, np.ndarray],
+    val_data: dict[str, np.ndarray] | None,
+    cfg: TrainConfig,
+    device: torch.device,
+    checkpoint: Path,
+    run_key: Any = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train an instance model (Mask R-CNN, US-Net; see :mod:`histoflow.detection`) in place.
+
+    The patches' instance labels are augmented with the image (nearest sampling keeps ids) and
+    turned into boxes and masks by the model's ``instance_losses``; the loop is :func:`run_epochs`'.
+    Each epoch reports the validation AJI and pixel Dice of the detections at score 0.5; at the end
+    the detection score threshold maximising the validation AJI is chosen from
+    :data:`SCORE_THRESHOLDS`. Returns ``{"history", "score_threshold", "val_aji", "val_dice"}``.
+    """
+    seed_everything(cfg.seed)
+    x_train = images_to_tensor(train_data["images"])
+    l_train = torch.from_numpy(train_data["labels"].astype(np.int64))[:, None]
+    aug = augment_config(cfg.augment)
+    model = prepare_model(model, device)
+
+    def step_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        xb, lb = to_device(x_train[idx], device), l_train[idx].to(device)
+        xb, (lb,) = augment(xb, [lb], aug, gen)
+        with autocast(device):
+            terms = model.instance_losses(xb, lb[:, 0])
+        return sum(v.float() for v in terms.values())
+
+    has_val = val_data is not None and len(val_data["images"]) > 0
+
+    def validate() -> dict[str, float]:
+        scores = validate_instances(model, val_data, device, cfg.batch_size, (0.5,))
+        return {"val_aji": scores[0.5]["aji"], "val_dice": scores[0.5]["dice"]}
+
+    history = run_epochs(model, step_loss, len(x_train), cfg, device, checkpoint, run_key,
+                         validate if has_val else None, progress)
+    result: dict[str, Any] = {"history": history, "score_threshold": 0.5, "val_aji": float("nan"),
+                              "val_dice": float("nan")}
+    if has_val:
+        scores = validate_instances(model, val_data, device, cfg.batch_size, SCORE_THRESHOLDS)
+        best = max(SCORE_THRESHOLDS, key=lambda t: (scores[t]["aji"], -abs(t - 0.5)))
+        result.update(score_threshold=best, val_aji=scores[best]["aji"], val_dice=scores[best]["dice"])
+        log.info("validation AJI by detection score threshold: %s; chosen %.2f",
+                 ", ".join(f"{t}: {v['aji']:.4f}" for t, v in scores.items()), best)
+    return result
+
+
+@torch.no_grad()
+def validate_instances(
+    model: nn.Module, val: dict[str, np.ndarray], device: torch.device, batch_size: int,
+    score_thresholds: tuple[float, ...], nms_iou: float = 0.5, mask_threshold: float = 0.5,
+) -> dict[float, dict[str, float]]:
+    """Mean AJI (patches with objects) and pooled pixel Dice of the model's instances on the
+    validation patches, for each detection score threshold."""
+    from .detection import filter_detections, instance_labels
+    from .metrics import aji
+
+    model.eval()
+    x = images_to_tensor(val["images"])
+    found = []
+    for i in range(0, len(x), batch_size):
+        with autocast(device):
+            found += model.detect(to_device(x[i : i + batch_size], device))
+    out = {}
+    for t in score_thresholds:
+        ajis, inter, total = [], 0, 0
+        for dets, gt in zip(found, val["labels"], strict=True):
+            pred = instance_labels(filter_detections(dets, t, nms_iou), gt.shape, mask_threshold)
+            if gt.any():
+                ajis.append(aji(pred, gt))
+            inter += int(((pred > 0) & (gt > 0)).sum())
+            total += int((pred > 0).sum() + (gt > 0).sum())
+        out[t] = {"aji": float(np.mean(ajis)) if ajis else float("nan"),
+                  "dice": 2 * inter / total if total else 1.0}
+    return out
 
 
 def _validate(model: nn.Module, val: dict[str, np.ndarray], cfg: TrainConfig, device: torch.device) -> dict[str, float]:

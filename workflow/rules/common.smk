@@ -5,7 +5,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from histoflow.config import validate_config  # noqa: E402
-from histoflow.config import check_ensembles  # noqa: E402
+from histoflow.config import check_ensembles, check_models  # noqa: E402
 from histoflow.datasets import resolve_datasets  # noqa: E402
 
 _full = validate_config(config)
@@ -17,6 +17,7 @@ DATASETS = resolve_datasets(config)
 MODELS = list(config["models"])
 PRETRAINED = [m for m in MODELS if config["models"][m].get("pretrain")]  # two-stage training
 ENSEMBLES = check_ensembles(config)
+check_models(config)
 PREDICTORS = MODELS + ENSEMBLES  # everything that is predicted, post-processed and evaluated
 VOLUMES = list(config["volumes"])
 VOLUME_MODELS = list(config["volume_models"]) if VOLUMES else []
