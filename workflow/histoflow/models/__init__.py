@@ -75,4 +75,4 @@ def load_model(folder: str | os.PathLike[str], device: str | torch.device = "cpu
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register_model decorators (no other side effects).
-    from . import fibrenet, maskrcnn, munet, rescrnet, unet  # noqa: F401
+    from . import fibrenet, maskrcnn, munet, rescrnet, unet, usnet  # noqa: F401
