@@ -1,4 +1,4 @@
-"""Instance models through the workflow: Mask R-CNN trained from the patch store's instance labels,
+"""Instance models through the workflow: Mask R-CNN and US-Net trained from the patch store's instance labels,
 tiled detection, the two merge rules, QuPath export, metrics, an ensemble with a U-Net, the report."""
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ INSTANCES = {
     "patches": {"size": 64, "per_image": 3, "val_fraction": 0.34},
     "models": {
         "rcnn": RCNN,
+        "us": {"arch": "usnet", "params": {"base_width": 4, "depth": 3, "min_size": 8, "max_size": 32},
+               "train": {"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 3, "lr": 0.003,
+                         "branch_lr": {"refinement": 0.001}},
+               "predict": {"tile": 64, "overlap": 32, "batch_size": 2}},
         "u": {"arch": "unet", "params": {"base_width": 4, "depth": 2}, "train": {"epochs": 1, "batch_size": 4},
               "predict": {"tile": 64, "overlap": 16}},
     },
@@ -67,6 +71,11 @@ def test_instance_model_workflow_end_to_end(instance_run):
     for key in ("aji_mean", "pq_mean", "object_f1_mean", "pixel_f1_mean", "ap50_pooled"):
         assert key in summary
     assert (r / "metrics" / "ur" / "demo_summary.json").exists()  # U-Net + Mask R-CNN averaged
+    us = json.loads((r / "models" / "us" / "spec.json").read_text())
+    assert us["arch"] == "usnet" and us["instances"] is True
+    own = tifffile.imread(next((r / "predictions" / "us" / "demo" / "instances").glob("*.tif")))
+    assert own.shape == (96, 96)
+    assert (r / "metrics" / "us" / "demo_summary.json").exists()
     html = (r / "report.html").read_text()
     assert "rcnn" in html and "ur" in html
 
