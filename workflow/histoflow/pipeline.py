@@ -135,7 +135,14 @@ def run_train(
     from .models import build_model, save_model
     from .patches import read_patch_group, read_store_attrs
     from .report import plot_history
-    from .train import TrainConfig, loss_fields, seed_everything, train_instances, train_model, write_history_tsv
+    from .train import (
+        TrainConfig,
+        loss_fields,
+        seed_everything,
+        train_instances,
+        train_model,
+        write_history_tsv,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -512,7 +519,7 @@ def run_evaluate_fibres(
 
     from .io import atomic_path, read_image
     from .metrics import fixed_and_dynamic_thresholds, per_fibre_precision_recall
-    from .postprocess import PostprocessConfig, postprocess, relabel_sequential
+    from .postprocess import PostprocessConfig, postprocess
 
     pp = PostprocessConfig(**postprocess_cfg)
     grow = instance_growth(read_json(spec_json))
