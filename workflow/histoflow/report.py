@@ -188,6 +188,8 @@ def reference_table(results: str, models: list[str], dataset: str, references: l
     keys: list[str] = []
     for ref in references:
         keys += [k for k in ref["metrics"] if k not in keys]
+    order = list(REFERENCE_LABELS)  # the usual order (F1, Dice, Hausdorff; AJI, Dice), others after
+    keys.sort(key=lambda k: order.index(k) if k in order else len(order))
     header = ["method", "source", *(REFERENCE_LABELS.get(k, k) for k in keys), "training (s)", "inference (s)",
               "device"]
     rows = [[ref["method"], ref["source"] + (f" — {ref['note']}" if ref.get("note") else ""),
