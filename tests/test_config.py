@@ -28,7 +28,8 @@ def test_empty_config_gets_every_default():
     assert cfg["patches"]["weight_w0"] == 10.0 and cfg["patches"]["val_fraction"] == 0.2
     assert cfg["stain"] == {"method": "macenko", "target": "", "params": {}}
     assert cfg["datasets"]["demo"] == {"generator": "muscle_fibres", "mask_type": "instance", "split": "auto",
-                                       "test_fraction": 0.25}
+                                       "test_fraction": 0.25, "limit": None}
+    assert cfg["references"] == {}
     unet = cfg["models"]["unet"]
     assert unet["arch"] == "unet" and unet["params"] == {}
     assert unet["train"]["epochs"] == 20 and unet["train"]["lr"] == 0.001
@@ -54,7 +55,7 @@ def test_model_and_dataset_entries_get_nested_defaults():
     assert small["train"]["use_weight_map"] is True and small["predict"]["tile"] == 256
     assert set(cfg["models"]) == {"small"}  # a given section replaces the default entries
     assert cfg["datasets"] == {"mine": {"images": "a", "masks": "b", "split": "test", "mask_type": "instance",
-                                        "test_fraction": 0.25}}
+                                        "test_fraction": 0.25, "limit": None}}
 
 
 def test_fill_defaults_keeps_given_values_and_non_dicts():
@@ -217,6 +218,36 @@ def test_resolve_datasets_generator_and_roles(tmp_path):
         resolve_datasets(config)
     config["datasets"]["demo"]["split"] = "auto"
     assert set(resolve_datasets(config)) == {"demo"}
+
+
+def test_dataset_limit_keeps_the_first_stems_in_sorted_order(tmp_path):
+    names = ["x_1.png", "x_10.png", "x_2.png", "x_3.png"]
+    config = _folders(tmp_path, names, ["x_1.png", "x_10.png"])  # the images left out need no mask
+    config["datasets"]["mine"].update(limit=2, split="test")
+    ds = resolve_dataset("mine", config["datasets"]["mine"], config)
+    assert ds.stems == ["x_1", "x_10"] and ds.test == ["x_1", "x_10"] and set(ds.masks) == {"x_1", "x_10"}
+    config["datasets"]["mine"]["limit"] = 3
+    with pytest.raises(InputError, match="no mask"):
+        resolve_dataset("mine", config["datasets"]["mine"], config)
+    with pytest.raises(ConfigError, match="datasets.mine.limit"):
+        validate_config({"datasets": {"mine": {"images": "a", "masks": "b", "limit": 0}}})
+    demo = validate_config({"demo": {"n_images": 5}, "datasets": {"d": {"generator": "muscle_fibres", "limit": 3}}})
+    ds = resolve_dataset("d", demo["datasets"]["d"], demo)
+    assert ds.stems == sorted(demo_stems(5))[:3] and sorted(ds.masks) == ds.stems
+
+
+def test_references_are_validated_and_must_name_a_test_dataset():
+    ref = {"method": "DCAN", "source": "Chen et al., CVPR 2016", "metrics": {"object_f1_pooled": 0.912}}
+    config = validate_config({"demo": {"n_images": 4},
+                              "datasets": {"demo": {"generator": "muscle_fibres"}}, "references": {"demo": [ref]}})
+    assert config["references"]["demo"][0]["metrics"] == {"object_f1_pooled": 0.912}
+    assert set(resolve_datasets(config)) == {"demo"}
+    with pytest.raises(InputError, match=r"references.glas_testA: no dataset of that name"):
+        resolve_datasets({**config, "references": {"glas_testA": [ref]}})
+    with pytest.raises(ConfigError, match="references.demo.0.metrics.object_f1_pooled"):
+        validate_config({"references": {"demo": [{**ref, "metrics": {"object_f1_pooled": "high"}}]}})
+    with pytest.raises(ConfigError, match="references.demo.0"):
+        validate_config({"references": {"demo": [{"method": "DCAN", "metrics": {"aji_mean": 0.5}}]}})
 
 
 def test_ensembles_are_checked_against_models():

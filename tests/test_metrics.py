@@ -349,3 +349,35 @@ def test_summarize_rows_from_evaluate_instances() -> None:
     assert s["object_f1_mean"] == pytest.approx((1.0 + 2 / 3) / 2)
     assert s["object_f1_pooled"] == pytest.approx(2 * 5 / (2 * 5 + 1 + 1))
     assert s["pixel_f1_mean"] == pytest.approx((rows[0]["pixel_f1"] + rows[1]["pixel_f1"]) / 2)
+
+
+def test_pooled_object_dice_and_hausdorff_weigh_every_object_of_the_set() -> None:
+    """Pooled over a set = the per-image formula on the images laid side by side (area weights over
+    all objects), which differs from the mean over images when the images' object areas differ."""
+    gt_a = disks((64, 64), {1: (20, 20, 12), 2: (44, 44, 10)})
+    pred_a = disks((64, 64), {1: (22, 21, 12), 2: (44, 40, 9), 3: (8, 56, 3)})  # 3 overlaps nothing
+    gt_b = disks((64, 64), {1: (32, 32, 4)})
+    pred_b = disks((64, 64), {5: (34, 32, 5)})
+    rows = [evaluate_instances(pred_a, gt_a), evaluate_instances(pred_b, gt_b)]
+    s = summarize(rows)
+    gap = np.zeros((64, 400), np.int32)  # far enough that no object's nearest partner is in the other image
+    side_by_side_gt = np.hstack([gt_a, gap, np.where(gt_b > 0, gt_b + 10, 0)])
+    side_by_side_pred = np.hstack([pred_a, gap, np.where(pred_b > 0, pred_b + 10, 0)])
+    assert s["object_dice_pooled"] == pytest.approx(object_dice(side_by_side_pred, side_by_side_gt))
+    assert s["object_hausdorff_pooled"] == pytest.approx(object_hausdorff(side_by_side_pred, side_by_side_gt))
+    assert s["object_dice_pooled"] != pytest.approx(s["object_dice_mean"])
+    assert "gt_area_mean" not in s and "object_dice_gt_sum_mean" not in s  # pooling terms only
+    one = summarize(rows[:1])
+    assert one["object_dice_pooled"] == pytest.approx(rows[0]["object_dice"])
+    assert one["object_hausdorff_pooled"] == pytest.approx(rows[0]["object_hausdorff"])
+
+
+def test_pooled_object_scores_without_objects() -> None:
+    gt = disks((32, 32), {1: (10, 10, 5)})
+    empty = np.zeros((32, 32), np.int32)
+    nothing_found = summarize([evaluate_instances(empty, gt), evaluate_instances(empty, empty)])
+    assert nothing_found["object_dice_pooled"] == 0.0
+    assert nothing_found["object_hausdorff_pooled"] == pytest.approx(math.hypot(32, 32))
+    nothing_there = summarize([evaluate_instances(empty, empty)])
+    assert (nothing_there["object_dice_pooled"], nothing_there["object_hausdorff_pooled"]) == (1.0, 0.0)
+    assert "object_dice_pooled" not in summarize([{"object_dice": 0.5}])

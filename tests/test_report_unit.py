@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 
-from histoflow.report import error_overlay, plot_history
+from histoflow.report import error_overlay, model_timing, plot_history, reference_section, reference_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -83,3 +86,54 @@ def test_plot_history_writes_png(tmp_path):
     no_val = [{"epoch": 1, "train_loss": 0.7, "lr": 1e-3}]
     plot_history(no_val, tmp_path / "b.png", dpi=50)
     assert (tmp_path / "b.png").read_bytes()[:8] == PNG_MAGIC
+
+
+REFERENCES = {
+    "glas_testA": [
+        {"method": "DCAN", "source": "Chen et al., CVPR 2016",  # keys sorted, as the validated config has them
+         "metrics": {"object_dice_pooled": 0.897, "object_f1_pooled": 0.912, "object_hausdorff_pooled": 45.4}},
+        {"method": "plain", "source": "issue 11", "note": "4,000 steps", "metrics": {"object_f1_pooled": 0.864}},
+    ],
+}
+
+
+def _finished_run(root) -> None:
+    """A results tree as a finished run leaves it: summaries, specs (one two-stage model, one
+    ensemble) and the predict job's benchmark file."""
+    def put(rel: str, obj) -> None:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+
+    put("metrics/unet/glas_testA_summary.json", {"n_images": 2, "object_f1_pooled": 0.8, "object_dice_pooled": 0.85,
+                                                  "object_hausdorff_pooled": 61.26, "object_f1_mean": 0.7})
+    put("metrics/ens/glas_testA_summary.json", {"n_images": 2, "object_f1_pooled": 0.81})
+    put("models/unet/spec.json", {"arch": "unet", "train_seconds": 100.0, "device": "cuda",
+                                  "device_name": "NVIDIA H100 80GB HBM3"})
+    put("models/unet/stage1/spec.json", {"arch": "unet", "train_seconds": 20.0, "device": "cuda"})
+    put("models/ens/spec.json", {"members": ["unet", "unet"], "threshold": 0.5})
+    put("benchmarks/predict/unet/glas_testA.tsv", "s\th:m:s\tmax_rss\n12.34\t0:00:12\t900\n")
+
+
+def test_reference_table_puts_published_and_our_figures_in_the_same_columns(tmp_path):
+    _finished_run(tmp_path)
+    assert model_timing(str(tmp_path), "unet", "glas_testA") == {
+        "train_seconds": 120.0, "predict_seconds": 12.34, "device": "NVIDIA H100 80GB HBM3"}
+    assert model_timing(str(tmp_path), "ens", "glas_testA") == {
+        "train_seconds": None, "predict_seconds": None, "device": None}
+    table = reference_table(str(tmp_path), ["unet", "ens"], "glas_testA", REFERENCES["glas_testA"])
+    rows = [re.findall(r"<td>(.*?)</td>", r) for r in re.findall(r"<tr>(<td>.*?)</tr>", table)]
+    assert "<th>object F1</th><th>object Dice</th><th>object Hausdorff (px)</th><th>training (s)</th>" in table
+    assert rows[0][:5] == ["DCAN", "Chen et al., CVPR 2016", "0.912", "0.897", "45.4"]
+    assert rows[1][:5] == ["plain", "issue 11 — 4,000 steps", "0.864", "–", "–"]  # a figure not published
+    assert rows[2] == ["histoflow: unet", "this run", "0.800", "0.850", "61.3", "120", "12.3", "NVIDIA H100 80GB HBM3"]
+    assert rows[3] == ["histoflow: ens", "this run", "0.810", "–", "–", "–", "–", "–"]
+
+
+def test_reference_section_only_for_datasets_with_references(tmp_path):
+    _finished_run(tmp_path)
+    assert reference_section(str(tmp_path), ["unet"], {}, ["glas_testA"]) == []
+    assert reference_section(str(tmp_path), ["unet"], REFERENCES, ["glas_testB"]) == []
+    parts = reference_section(str(tmp_path), ["unet"], REFERENCES, ["glas_testA", "glas_testB"])
+    html = "".join(parts)
+    assert "Against published results" in html and "<h3>glas_testA</h3>" in html and "glas_testB" not in html

@@ -58,6 +58,17 @@ def split_test(stems: list[str], mode: str, test_fraction: float, seed: int) -> 
     return split_stems(stems, test_fraction, seed)
 
 
+def limit_stems(paths: dict[str, str], limit: int | None) -> dict[str, str]:
+    """The first ``limit`` entries of ``paths`` (stem → path) in sorted stem order (Python's string
+    order: ``train_1, train_10, train_11, ...``); all of them when ``limit`` is None. A subset for
+    quick runs (CI, trying out a config) that is the same on every machine."""
+    if limit is None:
+        return dict(paths)
+    if limit < 1:
+        raise InputError(f"datasets.*.limit must be at least 1 (or null for every image), got {limit}.")
+    return {s: paths[s] for s in sorted(paths)[:limit]}
+
+
 def resolve_dataset(name: str, cfg: dict[str, Any], config: dict[str, Any]) -> Dataset:
     """Build a :class:`Dataset` from its config entry (generator or folders)."""
     results = config["results"]
@@ -66,11 +77,14 @@ def resolve_dataset(name: str, cfg: dict[str, Any], config: dict[str, Any]) -> D
         images = {s: f"{results}/data/{name}/images/{s}.png" for s in stems}
         folder = "classes" if cfg["mask_type"] == "classes" else "labels"
         masks = {s: f"{results}/data/{name}/{folder}/{s}.png" for s in stems}
+        images = limit_stems(images, cfg.get("limit"))
+        masks = {s: masks[s] for s in images}
     else:
         images = {s: str(p) for s, p in list_stems(cfg["images"]).items()}
         masks_all = {s: str(p) for s, p in list_stems(cfg["masks"]).items()}
         if not images:
             raise InputError(f"{cfg['images']}: no image files (png/tif/jpg/webp/bmp) found for dataset {name!r}.")
+        images = limit_stems(images, cfg.get("limit"))
         missing = sorted(set(images) - set(masks_all))
         if missing:
             raise InputError(
@@ -89,7 +103,20 @@ def resolve_datasets(config: dict[str, Any]) -> dict[str, Dataset]:
     out = {name: resolve_dataset(name, cfg, config) for name, cfg in config["datasets"].items()}
     if not any(d.train for d in out.values()):
         raise InputError("no dataset has training images: set split: train or auto on at least one dataset.")
+    check_references(config, out)
     return out
+
+
+def check_references(config: dict[str, Any], datasets: dict[str, Dataset]) -> None:
+    """Published results (``references:``) must name datasets that have test images: the report sets
+    them beside our scores on those images."""
+    for name in config.get("references") or {}:
+        if name not in datasets:
+            raise InputError(f"references.{name}: no dataset of that name (datasets: {sorted(datasets)}). "
+                             "Name the test dataset the published figures were measured on.")
+        if not datasets[name].test:
+            raise InputError(f"references.{name}: dataset {name!r} has no test images (split: train), so there is "
+                             "nothing to compare; attach the references to a dataset with split: test or auto.")
 
 
 def check_classes(config: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from scipy import ndimage
 
 __all__ = [
     "ObjectMatch",
+    "POOLING_TERMS",
     "aji",
     "aji_plus",
     "average_precision",
@@ -392,21 +393,29 @@ def object_f1(pred_labels: np.ndarray, gt_labels: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
+def _object_dice_terms(m: ObjectMatch) -> tuple[float, float]:
+    """``(sum_i |G_i| Dice(G_i, S*(G_i)), sum_j |S_j| Dice(G*(S_j), S_j))``: the two area-weighted
+    sums of :func:`object_dice` before dividing by the total areas (0 for an empty side)."""
+
+    def side(best: np.ndarray, best_overlap: np.ndarray, areas: np.ndarray, other_areas: np.ndarray) -> float:
+        if areas.size == 0:
+            return 0.0
+        partner_area = _gather(other_areas, best)
+        dice = 2.0 * best_overlap / (areas + partner_area)  # 0 where there is no partner
+        return float(np.sum(areas * dice))
+
+    return (side(m.gt_best, m.gt_best_overlap, m.gt_areas, m.pred_areas),
+            side(m.pred_best, m.pred_best_overlap, m.pred_areas, m.gt_areas))
+
+
 def _object_dice(m: ObjectMatch) -> float:
     """Object Dice from an overlap table (see :func:`object_dice`)."""
     if m.n_gt == 0 and m.n_pred == 0:
         return 1.0
     if m.n_gt == 0 or m.n_pred == 0:
         return 0.0
-
-    def side(best: np.ndarray, best_overlap: np.ndarray, areas: np.ndarray, other_areas: np.ndarray) -> float:
-        partner_area = _gather(other_areas, best)
-        dice = 2.0 * best_overlap / (areas + partner_area)  # 0 where there is no partner
-        return float(np.sum(areas * dice) / np.sum(areas))
-
-    g_side = side(m.gt_best, m.gt_best_overlap, m.gt_areas, m.pred_areas)
-    s_side = side(m.pred_best, m.pred_best_overlap, m.pred_areas, m.gt_areas)
-    return 0.5 * (g_side + s_side)
+    g_sum, s_sum = _object_dice_terms(m)
+    return 0.5 * (g_sum / float(np.sum(m.gt_areas)) + s_sum / float(np.sum(m.pred_areas)))
 
 
 def object_dice(pred_labels: np.ndarray, gt_labels: np.ndarray) -> float:
@@ -504,6 +513,17 @@ def _object_hausdorff(m: ObjectMatch) -> float:
         return 0.0
     if m.n_gt == 0 or m.n_pred == 0:
         return float(np.hypot(*m.shape))
+    g_sum, s_sum = _object_hausdorff_terms(m)
+    return 0.5 * (g_sum / float(np.sum(m.gt_areas)) + s_sum / float(np.sum(m.pred_areas)))
+
+
+def _object_hausdorff_terms(m: ObjectMatch) -> tuple[float, float]:
+    """``(sum_i |G_i| H(G_i, S*(G_i)), sum_j |S_j| H(G*(S_j), S_j))``: the two area-weighted sums of
+    :func:`object_hausdorff` before dividing by the total areas. When the other side has no object,
+    every object's distance is the image diagonal (as in :func:`object_hausdorff`)."""
+    if m.n_gt == 0 or m.n_pred == 0:
+        diagonal = float(np.hypot(*m.shape))
+        return diagonal * float(np.sum(m.gt_areas)), diagonal * float(np.sum(m.pred_areas))
 
     gt_boxes = ndimage.find_objects(m.gt_index, max_label=m.n_gt)
     pred_boxes = ndimage.find_objects(m.pred_index, max_label=m.n_pred)
@@ -529,9 +549,7 @@ def _object_hausdorff(m: ObjectMatch) -> float:
 
     h_gt = np.array([hausdorff(gi, int(pj)) for gi, pj in enumerate(gt_partner)])
     h_pred = np.array([hausdorff(int(gi), pj) for pj, gi in enumerate(pred_partner)])
-    g_side = float(np.sum(m.gt_areas * h_gt) / np.sum(m.gt_areas))
-    s_side = float(np.sum(m.pred_areas * h_pred) / np.sum(m.pred_areas))
-    return 0.5 * (g_side + s_side)
+    return float(np.sum(m.gt_areas * h_gt)), float(np.sum(m.pred_areas * h_pred))
 
 
 def object_hausdorff(pred_labels: np.ndarray, gt_labels: np.ndarray) -> float:
@@ -735,8 +753,10 @@ def evaluate_instances(pred_labels: np.ndarray, gt_labels: np.ndarray) -> dict[s
     dict[str, float]
         The :func:`pixel_metrics` of the foregrounds (``> 0``) with keys prefixed ``pixel_``
         (``pixel_tp, ..., pixel_f1, pixel_iou, pixel_accuracy``), then ``object_f1``,
-        ``object_dice``, ``object_hausdorff``, ``aji``, ``pq``/``dq``/``sq`` and the detection
-        counts ``tp, fp, fn, n_pred, n_gt`` (ints).
+        ``object_dice``, ``object_hausdorff``, ``aji``, ``pq``/``dq``/``sq``, the detection
+        counts ``tp, fp, fn, n_pred, n_gt`` (ints), and the terms :func:`summarize` pools over a
+        data set (:data:`POOLING_TERMS`): the total object areas ``gt_area``, ``pred_area`` and the
+        area-weighted sums of the object Dice and Hausdorff sides.
     """
     m = match_objects(pred_labels, gt_labels)
     row: dict[str, float] = {f"pixel_{k}": v for k, v in pixel_metrics(m.pred_index, m.gt_index).items()}
@@ -747,7 +767,29 @@ def evaluate_instances(pred_labels: np.ndarray, gt_labels: np.ndarray) -> dict[s
     row["aji"] = _aji(m)
     row.update(_panoptic(m))
     row.update(counts)
+    dice_terms, hausdorff_terms = _object_dice_terms(m), _object_hausdorff_terms(m)
+    row.update({"gt_area": int(np.sum(m.gt_areas)), "pred_area": int(np.sum(m.pred_areas)),
+                "object_dice_gt_sum": dice_terms[0], "object_dice_pred_sum": dice_terms[1],
+                "object_hausdorff_gt_sum": hausdorff_terms[0], "object_hausdorff_pred_sum": hausdorff_terms[1]})
     return row
+
+
+POOLING_TERMS = ("gt_area", "pred_area", "object_dice_gt_sum", "object_dice_pred_sum",
+                 "object_hausdorff_gt_sum", "object_hausdorff_pred_sum")
+"""Per-image sums in :func:`evaluate_instances` rows that :func:`summarize` pools (no mean/sd of their own)."""
+
+
+def _pooled_object_score(rows: Sequence[Mapping[str, object]], name: str, empty: float) -> float:
+    """GlaS object Dice or Hausdorff (``name``) over all objects of a data set: each side's
+    area-weighted sum over every image divided by that side's total area over every image, averaged
+    over the two sides. A side without any object in the whole set drops out (the other side's
+    objects then have no partner: Dice 0, Hausdorff the image diagonal); ``empty`` when both do."""
+    sides = []
+    for side, area in (("gt", "gt_area"), ("pred", "pred_area")):
+        total = sum(float(r[area]) for r in rows)
+        if total > 0:
+            sides.append(sum(float(r[f"{name}_{side}_sum"]) for r in rows) / total)
+    return float(np.mean(sides)) if sides else empty
 
 
 def _is_number(value: object) -> bool:
@@ -770,6 +812,13 @@ def summarize(rows: Sequence[Mapping[str, object]]) -> dict[str, float]:
     in general from ``object_f1_mean``. It is present only if every row has numeric ``tp``,
     ``fp`` and ``fn``; 1.0 if all three sums are 0. ``n_images`` is the number of rows.
 
+    ``object_dice_pooled`` and ``object_hausdorff_pooled`` are the GlaS object Dice and Hausdorff
+    of the data set taken as one collection of objects: the area weights ``gamma_i``, ``sigma_j``
+    run over every object of every image (as the GlaS organisers' evaluation code and MILD-Net's
+    aggregate a test part), so a large gland counts more than a small one whichever image holds
+    it. They are present only if every row has the :data:`POOLING_TERMS` of
+    :func:`evaluate_instances`, which get no ``_mean`` / ``_sd`` of their own.
+
     Parameters
     ----------
     rows : sequence of mappings
@@ -778,8 +827,8 @@ def summarize(rows: Sequence[Mapping[str, object]]) -> dict[str, float]:
     Returns
     -------
     dict[str, float]
-        ``n_images``, ``<key>_mean`` / ``<key>_sd`` in first-seen key order, and
-        ``object_f1_pooled``.
+        ``n_images``, ``<key>_mean`` / ``<key>_sd`` in first-seen key order, and the pooled
+        ``object_f1_pooled``, ``object_dice_pooled``, ``object_hausdorff_pooled``.
 
     Raises
     ------
@@ -791,7 +840,7 @@ def summarize(rows: Sequence[Mapping[str, object]]) -> dict[str, float]:
     keys: dict[str, None] = {}
     for row in rows:
         for key, value in row.items():
-            if _is_number(value):
+            if _is_number(value) and key not in POOLING_TERMS:
                 keys.setdefault(key, None)
 
     out: dict[str, float] = {"n_images": len(rows)}
@@ -804,6 +853,9 @@ def summarize(rows: Sequence[Mapping[str, object]]) -> dict[str, float]:
     if all(all(_is_number(r.get(k)) for k in ("tp", "fp", "fn")) for r in rows):
         tp, fp, fn = (sum(float(r[k]) for r in rows) for k in ("tp", "fp", "fn"))
         out["object_f1_pooled"] = _f1_from_counts(tp, fp, fn)
+    if all(all(_is_number(r.get(k)) for k in POOLING_TERMS) for r in rows):
+        out["object_dice_pooled"] = _pooled_object_score(rows, "object_dice", empty=1.0)
+        out["object_hausdorff_pooled"] = _pooled_object_score(rows, "object_hausdorff", empty=0.0)
     return out
 
 

@@ -144,6 +144,85 @@ def metrics_rows(results: str, models: list[str], datasets: list[str]) -> list[l
     return rows
 
 
+# Column labels of the summary keys published figures are usually given in (others show as the key).
+REFERENCE_LABELS = {
+    "object_f1_pooled": "object F1",
+    "object_dice_pooled": "object Dice",
+    "object_hausdorff_pooled": "object Hausdorff (px)",
+    "aji_mean": "AJI",
+    "pixel_f1_mean": "Dice (pixel)",
+    "pq_mean": "PQ",
+    "ap50_pooled": "AP@0.5",
+}
+
+
+def _format_metric(key: str, value: float | None) -> str:
+    """A metric for a table: Hausdorff distances with one decimal, scores with three; '–' if missing."""
+    if value is None or not np.isfinite(value):
+        return "–"
+    return f"{value:.1f}" if "hausdorff" in key else f"{value:.3f}"
+
+
+def model_timing(results: str, model: str, dataset: str) -> dict[str, Any]:
+    """Wall-clock training seconds (both stages of a two-stage model), inference seconds on ``dataset``
+    (the ``predict`` job's benchmark file) and the device they ran on, from a finished run; ``None``
+    where the run has no such record (an ensemble is not trained)."""
+    import pandas as pd
+
+    root = Path(results)
+    spec_path = root / "models" / model / "spec.json"
+    spec = read_json(spec_path) if spec_path.exists() else {}
+    train = spec.get("train_seconds")
+    stage1 = root / "models" / model / "stage1" / "spec.json"
+    if train is not None and stage1.exists():
+        train += read_json(stage1).get("train_seconds", 0.0)
+    bench = root / "benchmarks" / "predict" / model / f"{dataset}.tsv"
+    predict = float(pd.read_csv(bench, sep="\t")["s"].iloc[-1]) if bench.exists() else None
+    device = spec.get("device_name") or spec.get("device")
+    return {"train_seconds": train, "predict_seconds": predict, "device": device}
+
+
+def reference_table(results: str, models: list[str], dataset: str, references: list[dict[str, Any]]) -> str:
+    """Published results on ``dataset`` (config ``references:``) and ours, in the same columns: one
+    per summary key the references give, plus our training and inference wall-clock times."""
+    keys: list[str] = []
+    for ref in references:
+        keys += [k for k in ref["metrics"] if k not in keys]
+    order = list(REFERENCE_LABELS)  # the usual order (F1, Dice, Hausdorff; AJI, Dice), others after
+    keys.sort(key=lambda k: order.index(k) if k in order else len(order))
+    header = ["method", "source", *(REFERENCE_LABELS.get(k, k) for k in keys), "training (s)", "inference (s)",
+              "device"]
+    rows = [[ref["method"], ref["source"] + (f" — {ref['note']}" if ref.get("note") else ""),
+             *(_format_metric(k, ref["metrics"].get(k)) for k in keys), "", "", ""] for ref in references]
+    for m in models:
+        summary = read_json(Path(results) / "metrics" / m / f"{dataset}_summary.json")
+        t = model_timing(results, m, dataset)
+        rows.append([f"histoflow: {m}", "this run", *(_format_metric(k, summary.get(k)) for k in keys),
+                     "–" if t["train_seconds"] is None else f"{t['train_seconds']:.0f}",
+                     "–" if t["predict_seconds"] is None else f"{t['predict_seconds']:.1f}", t["device"] or "–"])
+    return _table(header, rows)
+
+
+def reference_section(results: str, models: list[str], references: dict[str, list[dict[str, Any]]],
+                      datasets: list[str]) -> list[str]:
+    """The "Against published results" section: a :func:`reference_table` per test dataset with references."""
+    named = [d for d in datasets if references.get(d)]
+    if not named:
+        return []
+    parts = ["<h2>Against published results</h2>"]
+    for d in named:
+        parts.append(f"<h3>{html.escape(d)}</h3>")
+        parts.append(reference_table(results, models, d, references[d]))
+    parts.append(
+        "<p class=note>Published figures as their authors report them (config <code>references:</code>), on the "
+        "same test images but with their own training; ours are this run's evaluation of the same images, in the "
+        "column of the figure computed the same way. GlaS: object F1 from the detections pooled over the test "
+        "part, object Dice and Hausdorff over all objects of the test part (pixels). AJI and pixel Dice: mean "
+        "over test images. Training time includes both stages of a two-stage model; inference is the predict "
+        "job (tiled, with test-time augmentation if configured), without post-processing.</p>")
+    return parts
+
+
 def benchmark_rows(results: str) -> list[list[str]]:
     """Per-job runtimes and peak memory from Snakemake's ``benchmark:`` files."""
     import pandas as pd
@@ -414,12 +493,14 @@ def build_report(
     config: dict[str, Any], models: list[str], datasets: dict[str, dict[str, Any]], results: str,
     options: dict[str, Any], out_html: PathLike, out_figures: PathLike, trained: list[str] | None = None,
     volumes: list[str] | None = None, classes: list[str] | None = None,
+    references: dict[str, list[dict[str, Any]]] | None = None,
 ) -> None:
     """Assemble ``report.html`` and write the overlay PNGs into ``out_figures``.
 
     ``models`` are everything evaluated (trained models and ensembles); ``trained`` the subset with
     training curves (default: all of ``models``); ``classes`` makes it a multi-class report (per-class
-    scores, confusion matrices and class maps instead of object metrics)."""
+    scores, confusion matrices and class maps instead of object metrics); ``references`` (config
+    ``references:``, test dataset → published results) adds a table of those next to ours."""
 
     dpi = options["dpi"]
     fig_dir = Path(out_figures)
@@ -428,6 +509,7 @@ def build_report(
     parts = [f"<h1>{html.escape(options['title'])}</h1>",
              f"<p class=note>Generated {_dt.datetime.now():%Y-%m-%d %H:%M} by histoflow. "
              "Metrics are on each dataset's held-out test images only.</p>"]
+    parts += reference_section(results, models, references or {}, names)
 
     parts.append("<h2>Results</h2>")
     if classes:

@@ -16,6 +16,7 @@ rule report:
         trained=MODELS,
         volumes=VOLUMES,
         classes=config["classes"],
+        references=config["references"],
         datasets=lambda wc: dataset_table(TEST_DATASETS),
         results=lambda wc, input: str(Path(input.stain).parent.parent),
     log:

@@ -11,6 +11,7 @@ run_logged(snakemake, lambda: build_report(
     trained=snakemake.params.trained,
     volumes=snakemake.params.volumes,
     classes=snakemake.params.classes,
+    references=snakemake.params.references,
     datasets=snakemake.params.datasets,
     results=snakemake.params.results,
     options=snakemake.params.report,

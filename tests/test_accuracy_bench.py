@@ -1,0 +1,136 @@
+"""benchmarks/accuracy.py on a fake finished run: which figures it records, from where, and which runs
+it refuses (a subset of the test images, another recipe than the config's)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("bench_accuracy", REPO / "benchmarks" / "accuracy.py")
+accuracy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(accuracy)
+
+CONFIG = {
+    "results": "res",
+    "datasets": {
+        "glas_train": {"images": "data/train/images", "masks": "data/train/labels", "split": "train"},
+        "glas_testA": {"images": "data/testA/images", "masks": "data/testA/labels", "split": "test"},
+    },
+    "models": {
+        "unet": {"arch": "unet", "params": {"base_width": 8, "depth": 2}, "train": {"epochs": 2}},
+        "mdn": {"arch": "vgg16_mdn", "params": {"base_width": 4}, "pretrain": {"target": "boundaries", "epochs": 1},
+                "train": {"target": "interiors", "epochs": 3}},
+    },
+    "ensembles": {"both": {"members": ["unet", "mdn"]}},
+    "references": {"glas_testA": [{"method": "DCAN", "source": "Chen et al., CVPR 2016",
+                                   "metrics": {"object_f1_pooled": 0.912}}]},
+}
+SUMMARY = {"n_images": 2, "object_f1_pooled": 0.8, "object_dice_pooled": 0.85, "object_hausdorff_pooled": 50.25,
+           "aji_mean": 0.6, "pixel_f1_mean": 0.9, "object_f1_mean": 0.7, "object_dice_mean": 0.1}
+
+
+def put(path: Path, content: str | dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+
+
+def history(epochs: int) -> str:
+    return "epoch\ttrain_loss\n" + "".join(f"{e}\t0.5\n" for e in range(1, epochs + 1))
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    """A workdir with the config, its (empty) image files and a finished run's outputs."""
+    for split, stems in (("train", ["t1", "t2"]), ("testA", ["a1", "a2"])):
+        for sub in ("images", "labels"):
+            for s in stems:
+                put(tmp_path / "data" / split / sub / f"{s}.png", "")
+    put(tmp_path / "cfg.yaml", yaml.safe_dump(CONFIG, sort_keys=False))
+    r = tmp_path / "res"
+    for m in ("unet", "mdn", "both"):
+        put(r / "metrics" / m / "glas_testA_summary.json", SUMMARY | {"object_f1_pooled": {"unet": 0.8, "mdn": 0.75,
+                                                                                           "both": 0.81}[m]})
+    put(r / "models" / "unet" / "spec.json", {"arch": "unet", "train_seconds": 100.0, "device": "cuda",
+                                              "kwargs": {"in_channels": 3, "out_channels": 1, "base_width": 8, "depth": 2}})
+    put(r / "models" / "unet" / "history.tsv", history(2))
+    put(r / "models" / "mdn" / "spec.json", {"arch": "vgg16_mdn", "train_seconds": 30.0, "device": "cuda",
+                                             "device_name": "NVIDIA H200",
+                                             "kwargs": {"in_channels": 3, "out_channels": 1, "base_width": 4}})
+    put(r / "models" / "mdn" / "history.tsv", history(3))
+    put(r / "models" / "mdn" / "stage1" / "spec.json", {"arch": "vgg16_mdn", "train_seconds": 12.0})
+    put(r / "models" / "mdn" / "stage1" / "history.tsv", history(1))
+    put(r / "models" / "both" / "spec.json", {"members": ["unet", "mdn"], "threshold": 0.5})
+    for m, s in (("unet", 7.5), ("mdn", 9.0)):
+        put(r / "benchmarks" / "predict" / m / "glas_testA.tsv", f"s\th:m:s\n{s}\t0:00:07\n")
+    return tmp_path
+
+
+def record(run: Path, out: Path, *extra: str) -> int:
+    return accuracy.main(["--config", str(run / "cfg.yaml"), "--workdir", str(run), "--out", str(out), *extra])
+
+
+def test_records_the_official_figures_of_every_model(run, tmp_path, capsys):
+    out = tmp_path / "accuracy.json"
+    assert record(run, out, "--device-name", "NVIDIA H100 80GB HBM3") == 0
+    data = json.loads(out.read_text())
+    assert set(data) == {f"glas_testA_{k}" for k in ("object_f1", "object_dice", "object_hausdorff", "aji", "dice")}
+    f1 = {e["model"]: e for e in data["glas_testA_object_f1"]}
+    assert {m: e["value"] for m, e in f1.items()} == {"unet": 0.8, "mdn": 0.75, "both": 0.81}
+    unet, mdn = f1["unet"], f1["mdn"]
+    assert data["glas_testA_object_dice"][0]["value"] == 0.85  # the pooled figure, not the per-image mean
+    assert unet["summary_key"] == "object_f1_pooled" and unet["n_images"] == 2 and unet["arch"] == "unet"
+    assert unet["recipe"]["params"] == {"base_width": 8, "depth": 2} and unet["recipe"]["train"]["epochs"] == 2
+    assert unet["recipe"]["train"]["batch_size"] == 8  # the validated block, defaults included
+    assert (unet["train_seconds"], unet["predict_seconds"], unet["device"]) == (100.0, 7.5, "NVIDIA H100 80GB HBM3")
+    assert (mdn["train_seconds"], mdn["device"]) == (42.0, "NVIDIA H200")  # both stages; the name the run recorded
+    assert f1["both"]["train_seconds"] is None and f1["both"]["arch"] == "ensemble"
+    assert unet["config"].endswith("cfg.yaml") and len(unet["date"]) == 10
+    table = capsys.readouterr().out
+    assert "| glas_testA_object_f1 | unet | 0.800 | DCAN 0.912 | NVIDIA H100 80GB HBM3 | 100 | 7.5 |" in table
+    assert "| glas_testA_object_hausdorff | unet | 50.2 | – |" in table
+
+
+def test_rerun_replaces_its_own_entries_and_keeps_the_others(run, tmp_path):
+    out = tmp_path / "accuracy.json"
+    other = {"model": "mask_rcnn", "config": "config/glas.yaml", "value": 0.9}
+    out.write_text(json.dumps({"glas_testA_object_f1": [other], "monuseg_aji": [other]}))
+    assert record(run, out) == 0
+    assert record(run, out) == 0
+    data = json.loads(out.read_text())
+    assert data["monuseg_aji"] == [other]
+    assert [e["model"] for e in data["glas_testA_object_f1"]].count("unet") == 1
+    assert other in data["glas_testA_object_f1"] and len(data["glas_testA_object_f1"]) == 4
+    unet = next(e for e in data["glas_testA_object_f1"] if e["model"] == "unet")
+    assert unet["device"].startswith("cuda (GPU model not recorded")
+
+
+def test_dry_run_writes_nothing(run, tmp_path):
+    out = tmp_path / "accuracy.json"
+    assert record(run, out, "--dry-run") == 0
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("break_run, message", [
+    (lambda r: put(r / "res/metrics/unet/glas_testA_summary.json", SUMMARY | {"n_images": 1}), "1 of the 2 test images"),
+    (lambda r: put(r / "res/models/unet/spec.json", {"arch": "unet", "train_seconds": 1.0, "device": "cpu",
+                                                     "kwargs": {"base_width": 4, "depth": 2}}), "not that config's run"),
+    (lambda r: put(r / "res/models/mdn/stage1/history.tsv", history(2)), "2 epoch(s) trained"),
+    (lambda r: (r / "res/metrics/mdn/glas_testA_summary.json").unlink(), "has not finished"),
+])
+def test_refuses_runs_that_are_not_the_configs_benchmark(run, tmp_path, capsys, break_run, message):
+    out = tmp_path / "accuracy.json"
+    break_run(run)
+    assert record(run, out) == 1
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_figure_names():
+    assert accuracy.figure_prefix("monuseg_test") == "monuseg" and accuracy.figure_prefix("glas_testB") == "glas_testB"
+    assert accuracy.summary_figures({"pooled_mean_dice": 0.8, "pooled_dice_membrane": 0.7, "aji_mean": 0.1},
+                                    ["membrane", "cell"]) == {"mean_dice": ("pooled_mean_dice", 0.8),
+                                                              "membrane_dice": ("pooled_dice_membrane", 0.7)}

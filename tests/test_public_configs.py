@@ -1,0 +1,153 @@
+"""The public-benchmark configs (config/glas.yaml, monuseg.yaml, isbi_em.yaml) against the real data.
+
+Always: each config validates against the schema and follows the benchmark protocol (test datasets
+are only ever test, references name test datasets). With ``../shared/datasets/<set>`` beside the
+repository (skipped cleanly without it): a dry run of each config as a user runs it, and a real run
+end to end on CPU of each config on a few images (``datasets.*.limit``), 1 epoch of 2 steps and
+tiny network widths, given as a second ``--configfile`` over the config's own recipe (marked slow).
+
+The workflow runs in a temporary folder holding a link ``shared`` → the real ``../shared``, so the
+configs' ``../shared/datasets/...`` paths resolve exactly as they do from the repository root.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import update_config
+
+from histoflow.config import validate_config
+from test_workflow import planned_jobs, smk
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+# config file -> (folder under shared/datasets, test datasets, models)
+CONFIGS = {
+    "glas.yaml": ("glas", ["glas_testA", "glas_testB"], ["unet", "vgg16_mdn"]),
+    "monuseg.yaml": ("monuseg", ["monuseg_test"], ["unet"]),
+    "isbi_em.yaml": ("isbi2012_em", ["isbi_em"], ["rescrnet", "unet"]),
+}
+
+TINY_TRAIN = {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4, "warmup_epochs": 0}
+TINY_PREDICT = {"tile": 256, "overlap": 32, "batch_size": 4}
+# What each real run changes in its config: a few images, 1 epoch of 2 steps, tiny widths, CPU.
+OVERRIDES = {
+    "glas.yaml": {
+        "datasets": {"glas_train": {"limit": 3}, "glas_testA": {"limit": 1}, "glas_testB": {"limit": 1}},
+        "patches": {"size": 128, "per_image": 2},
+        "models": {
+            "unet": {"params": {"base_width": 4, "depth": 2}, "train": TINY_TRAIN, "predict": TINY_PREDICT},
+            "vgg16_mdn": {"params": {"base_width": 4, "decoder_width": 4}, "pretrain": TINY_TRAIN,
+                          "train": TINY_TRAIN, "predict": TINY_PREDICT},
+        },
+    },
+    "monuseg.yaml": {
+        "datasets": {"monuseg_train": {"limit": 3}, "monuseg_test": {"limit": 1}},
+        "patches": {"size": 128, "per_image": 8},
+        # 5 epochs of 4 steps: enough to predict nuclei apart, not one image-sized object (whose object
+        # Hausdorff against the test image's ~600 nuclei alone takes a minute)
+        "models": {"unet": {"params": {"base_width": 4, "depth": 2}, "train": {**TINY_TRAIN, "epochs": 5},
+                            "predict": TINY_PREDICT}},
+    },
+    "isbi_em.yaml": {
+        "datasets": {"isbi_em": {"limit": 4, "test_fraction": 0.25}},
+        "patches": {"size": 128, "per_image": 2},
+        "models": {
+            "rescrnet": {"params": {"filters": 4, "n_conv": 1, "n_lstm": 1, "lstm_hidden": 2},
+                         "train": TINY_TRAIN, "predict": TINY_PREDICT},
+            "unet": {"params": {"base_width": 4, "depth": 2}, "train": TINY_TRAIN, "predict": TINY_PREDICT},
+        },
+    },
+}
+
+
+def tiny_run(name: str) -> dict:
+    """The overrides of a real run: :data:`OVERRIDES` on CPU, with a 3-threshold per-object sweep."""
+    return {"device": "cpu", "evaluate": {"thresholds": [0.3, 0.5, 0.7]}, **copy.deepcopy(OVERRIDES[name])}
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((REPO / "config" / name).read_text())
+
+
+def skip_without_data(name: str) -> None:
+    folder = SHARED / "datasets" / CONFIGS[name][0]
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found (the public datasets sit beside the repository, in ../shared)")
+
+
+def workdir_beside_shared(tmp_path: Path) -> Path:
+    """A run folder whose ``../shared`` is the real one, as the repository root's is."""
+    (tmp_path / "shared").symlink_to(SHARED.resolve(), target_is_directory=True)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    return workdir
+
+
+def run_config(workdir: Path, name: str, *args: str, overrides: dict | None = None):
+    files = [str(REPO / "config" / name)]
+    if overrides is not None:
+        (workdir / "overrides.yaml").write_text(yaml.safe_dump(overrides, sort_keys=False))
+        files.append("overrides.yaml")
+    return smk(workdir, "--configfile", *files, "--replace-workflow-config", *args)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_config_validates_and_follows_the_protocol(name):
+    folder, tests, models = CONFIGS[name]
+    cfg = validate_config(load(name))
+    assert sorted(cfg["models"]) == models
+    assert cfg["results"] != "results"  # a benchmark never overwrites the demo's results
+    for dname, d in cfg["datasets"].items():
+        assert d["images"].startswith(f"../shared/datasets/{folder}/") and d["limit"] is None, dname
+        if dname in tests and d["split"] != "auto":
+            assert d["split"] == "test", dname
+    assert set(cfg["references"]) <= set(tests)
+    assert cfg["postprocess"]["threshold"] is None  # chosen on validation images, never set by hand on test
+    merged = load(name)
+    update_config(merged, copy.deepcopy(OVERRIDES[name]))  # merged as Snakemake merges a second --configfile
+    assert validate_config(merged)["models"].keys() == cfg["models"].keys()
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_dry_run_on_the_shared_data(name, tmp_path):
+    skip_without_data(name)
+    _, tests, models = CONFIGS[name]
+    jobs = planned_jobs(run_config(workdir_beside_shared(tmp_path), name, "-n").stdout)
+    for m in models:
+        assert f"train_model[model={m}]" in jobs
+        for d in tests:
+            assert f"evaluate[model={m}, dataset={d}]" in jobs
+    assert not any(j.startswith("evaluate[") and "train" in j.split("dataset=")[1] for j in jobs)
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_real_run_on_a_few_images(name, tmp_path):
+    skip_without_data(name)
+    _, tests, models = CONFIGS[name]
+    workdir = workdir_beside_shared(tmp_path)
+    run_config(workdir, name, overrides=tiny_run(name))
+    cfg = validate_config(load(name))
+    results = workdir / cfg["results"]
+    html = (results / "report.html").read_text()
+    for m in models:
+        for d in tests:
+            summary = json.loads((results / "metrics" / m / f"{d}_summary.json").read_text())
+            assert summary["n_images"] == 1
+            if not cfg["classes"]:
+                for key in ("object_f1_pooled", "object_dice_pooled", "object_hausdorff_pooled", "aji_mean"):
+                    assert key in summary, key
+    if cfg["references"]:
+        assert "Against published results" in html
+        for refs in cfg["references"].values():
+            assert all(r["method"] in html for r in refs)
+    again = run_config(workdir, name, "-n", overrides=tiny_run(name))
+    assert "Nothing to be done" in again.stdout + again.stderr
