@@ -29,7 +29,7 @@ SHARED = REPO.parent / "shared"
 # config file -> (folder under shared/datasets, test datasets, models)
 CONFIGS = {
     "glas.yaml": ("glas", ["glas_testA", "glas_testB"], ["unet", "vgg16_mdn"]),
-    "monuseg.yaml": ("monuseg", ["monuseg_test"], ["unet"]),
+    "monuseg.yaml": ("monuseg", ["monuseg_test"], ["mask_rcnn", "unet", "usnet"]),
     "isbi_em.yaml": ("isbi2012_em", ["isbi_em"], ["rescrnet", "unet"]),
 }
 
@@ -52,7 +52,13 @@ OVERRIDES = {
         # 5 epochs of 4 steps: enough to predict nuclei apart, not one image-sized object (whose object
         # Hausdorff against the test image's ~600 nuclei alone takes a minute)
         "models": {"unet": {"params": {"base_width": 4, "depth": 2}, "train": {**TINY_TRAIN, "epochs": 5},
-                            "predict": TINY_PREDICT}},
+                            "predict": TINY_PREDICT},
+                   # instance models: a fixed score threshold keeps an untrained detector's few junk boxes
+                   "usnet": {"params": {"base_width": 4, "depth": 3}, "train": TINY_TRAIN,
+                             "predict": {**TINY_PREDICT, "score_threshold": 0.5}},
+                   "mask_rcnn": {"params": {"backbone": "resnet18", "detections_per_image": 30},
+                                 "train": {**TINY_TRAIN, "batch_size": 2},
+                                 "predict": {**TINY_PREDICT, "score_threshold": 0.5}}},
     },
     "isbi_em.yaml": {
         "datasets": {"isbi_em": {"limit": 4, "test_fraction": 0.25}},

@@ -198,6 +198,7 @@ def run_train(
         "val_dice": result["val_dice"],
         "train_seconds": time.perf_counter() - t0,
         "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "stage": stage,
     }
     write_history_tsv(result["history"], out / "history.tsv")

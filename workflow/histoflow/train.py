@@ -599,9 +599,12 @@ def train_instances(
         return sum(v.float() for v in terms.values())
 
     has_val = val_data is not None and len(val_data["images"]) > 0
+    last: dict[int, list] = {}  # the detections of the last validation, reused to choose the threshold
 
     def validate() -> dict[str, float]:
-        scores = validate_instances(model, val_data, device, cfg.batch_size, (0.5,))
+        last.clear()
+        last[0] = detect_patches(model, val_data["images"], device, cfg.batch_size)
+        scores = validate_instances(last[0], val_data["labels"], (0.5,))
         return {"val_aji": scores[0.5]["aji"], "val_dice": scores[0.5]["dice"]}
 
     history = run_epochs(model, step_loss, len(x_train), cfg, device, checkpoint, run_key,
@@ -609,7 +612,8 @@ def train_instances(
     result: dict[str, Any] = {"history": history, "score_threshold": 0.5, "val_aji": float("nan"),
                               "val_dice": float("nan")}
     if has_val:
-        scores = validate_instances(model, val_data, device, cfg.batch_size, SCORE_THRESHOLDS)
+        found = last.get(0) or detect_patches(model, val_data["images"], device, cfg.batch_size)
+        scores = validate_instances(found, val_data["labels"], SCORE_THRESHOLDS)
         best = max(SCORE_THRESHOLDS, key=lambda t: (scores[t]["aji"], -abs(t - 0.5)))
         result.update(score_threshold=best, val_aji=scores[best]["aji"], val_dice=scores[best]["dice"])
         log.info("validation AJI by detection score threshold: %s; chosen %.2f",
@@ -618,25 +622,31 @@ def train_instances(
 
 
 @torch.no_grad()
-def validate_instances(
-    model: nn.Module, val: dict[str, np.ndarray], device: torch.device, batch_size: int,
-    score_thresholds: tuple[float, ...], nms_iou: float = 0.5, mask_threshold: float = 0.5,
-) -> dict[float, dict[str, float]]:
-    """Mean AJI (patches with objects) and pooled pixel Dice of the model's instances on the
-    validation patches, for each detection score threshold."""
-    from .detection import filter_detections, instance_labels
-    from .metrics import aji
-
+def detect_patches(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int) -> list:
+    """The model's detections (:class:`histoflow.detection.Detections`) on ``uint8 (N, H, W, 3)`` patches."""
     model.eval()
-    x = images_to_tensor(val["images"])
+    x = images_to_tensor(images)
     found = []
     for i in range(0, len(x), batch_size):
         with autocast(device):
             found += model.detect(to_device(x[i : i + batch_size], device))
+    return found
+
+
+def validate_instances(
+    found: list, labels: np.ndarray, score_thresholds: tuple[float, ...], nms_iou: float = 0.5,
+    mask_threshold: float = 0.5,
+) -> dict[float, dict[str, float]]:
+    """Mean AJI (patches with objects) and pooled pixel Dice of the instances made from the
+    detections ``found`` on each validation patch against its ``labels``, for each detection score
+    threshold."""
+    from .detection import filter_detections, instance_labels
+    from .metrics import aji
+
     out = {}
     for t in score_thresholds:
         ajis, inter, total = [], 0, 0
-        for dets, gt in zip(found, val["labels"], strict=True):
+        for dets, gt in zip(found, labels, strict=True):
             pred = instance_labels(filter_detections(dets, t, nms_iou), gt.shape, mask_threshold)
             if gt.any():
                 ajis.append(aji(pred, gt))
