@@ -198,3 +198,28 @@ def test_make_optimizers_one_per_branch_with_branch_lr_and_step_schedule():
         make_optimizers(model, TrainConfig(branch_lr={"detection": 0.1}), 10)
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="lbfgs")
+
+
+def test_a_diverging_run_stops_at_once_naming_the_fix(tmp_path):
+    class Diverging(ExactInstanceModel):
+        def instance_losses(self, images, labels):
+            return {"conf": self.w.sum() * float("nan")}
+
+    cfg = TrainConfig(epochs=2, batch_size=4, augment=False)
+    with pytest.raises(FloatingPointError, match="train.lr"):
+        train_instances(Diverging(), exact_data(), None, cfg, CPU, tmp_path / "c.pt", progress=False)
+
+
+def test_grad_clip_bounds_the_step(tmp_path):
+    from histoflow.train import run_epochs
+
+    model = ExactInstanceModel()
+
+    def huge(idx, gen):
+        return (model.w * 1e6).sum() + (model.b * 1e6).sum()
+
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1.0, optimizer="sgd", momentum=0.0, weight_decay=0.0,
+                      warmup_epochs=0, augment=False, grad_clip=1.0, schedule="step")
+    run_epochs(model, huge, 8, cfg, CPU, tmp_path / "c.pt", progress=False)
+    step = torch.cat([model.w.detach(), model.b.detach()])
+    assert float(step.norm()) == pytest.approx(1.0, rel=1e-5)  # one step of lr 1 on a unit-norm gradient

@@ -75,6 +75,7 @@ class TrainConfig:
     lr_steps: list[int] | None = None
     lr_gamma: float = 0.1
     branch_lr: dict[str, float] | None = None
+    grad_clip: float | None = None
     thresholds: list[float] = field(default_factory=lambda: [round(t, 2) for t in np.arange(0.1, 0.91, 0.05)])
 
     def __post_init__(self) -> None:
@@ -481,9 +482,16 @@ def run_epochs(
             for step in bar:
                 idx = perm[(step * cfg.batch_size) % len(perm) :][: cfg.batch_size]
                 loss = step_loss(idx, gen)
+                if not torch.isfinite(loss.detach()):
+                    raise FloatingPointError(
+                        f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}: the run "
+                        f"diverged. Lower train.lr (now {cfg.lr}), add warm-up (train.warmup_epochs) or clip "
+                        "gradients (train.grad_clip); the last good epoch's checkpoint is kept.")
                 for opt in opts:
                     opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 for opt, sched in zip(opts, scheds, strict=True):
                     opt.step()
                     sched.step()
