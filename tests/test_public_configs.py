@@ -57,7 +57,7 @@ OVERRIDES = {
                    "usnet": {"params": {"base_width": 4, "depth": 3}, "train": TINY_TRAIN,
                              "predict": {**TINY_PREDICT, "score_threshold": 0.5}},
                    "mask_rcnn": {"params": {"backbone": "resnet18", "detections_per_image": 30},
-                                 "train": {**TINY_TRAIN, "batch_size": 2},
+                                 "train": {**TINY_TRAIN, "batch_size": 2, "lr": 0.001},
                                  "predict": {**TINY_PREDICT, "score_threshold": 0.5}}},
     },
     "isbi_em.yaml": {
