@@ -65,7 +65,7 @@ def score(config: dict[str, Any], results: Path, spec_json: Path, pred: Path, da
 
 
 def run(config: dict[str, Any], tta: list[str], members: list[str] | None, device: str,
-        models: list[str] | None = None) -> list[dict[str, Any]]:
+        models: list[str] | None = None, only: list[str] | None = None) -> list[dict[str, Any]]:
     results = Path(config["results"])
     datasets = resolve_datasets(config)
     binary = [m for m in (models or config["models"])
@@ -73,7 +73,7 @@ def run(config: dict[str, Any], tta: list[str], members: list[str] | None, devic
     members = members or binary
     rows = []
     for dataset, d in datasets.items():
-        if not d.test:
+        if not d.test or (only and dataset not in only):
             continue
         ds = dataset_entry(d)
         for setting in tta:
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", nargs="+", default=["none", "flips", "dihedral"])
     p.add_argument("--models", nargs="*", default=None, help="models to measure (default: every binary model)")
     p.add_argument("--ensemble", nargs="*", default=None, help="ensemble members (default: the measured models)")
+    p.add_argument("--datasets", nargs="*", default=None, help="test datasets to score (default: all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "tta_ensemble.json")
     args = p.parse_args(argv)
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     os.chdir(args.workdir)
     config = merged_config(files)
-    rows = run(config, args.tta, args.ensemble, args.device, args.models)
+    rows = run(config, args.tta, args.ensemble, args.device, args.models, args.datasets)
     from _bench import device_name
 
     from histoflow.device import resolve_device
