@@ -44,16 +44,17 @@ def disks_image(shape=(200, 230), n=30, seed=0, radius=(5, 9)):
     return image, labels
 
 
-def exact_detector(size: int = 28):
-    """Connected components of channel 0: boxes, box-frame masks and the mean intensity as score."""
+def exact_detector(size: int = 28, channel: int = 0, score=lambda v: v):
+    """Connected components of ``channel`` > 0: boxes, box-frame masks and, as score, ``score`` of
+    each component's mean intensity in channel 0."""
 
     def detect(batch: torch.Tensor) -> list[Detections]:
         out = []
         for img in batch:
-            lab = torch.from_numpy(cc_label(img[0].numpy() > 0)).long()
+            lab = torch.from_numpy(cc_label(img[channel].numpy() > 0)).long()
             t = instance_targets(lab, min_area=1)
-            scores = [float(img[0][lab == i].mean()) for i in t["ids"].tolist()]
-            out.append(Detections(t["boxes"].numpy(), np.array(scores), box_masks(t["masks"], t["boxes"], size).numpy()))
+            v = torch.stack([img[0][lab == i].mean() for i in t["ids"].tolist()]) if len(t["ids"]) else torch.zeros(0)
+            out.append(Detections(t["boxes"].numpy(), score(v).detach().numpy(), box_masks(t["masks"], t["boxes"], size).numpy()))
         return out
 
     return detect

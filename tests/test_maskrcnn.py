@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from histoflow.detection import Detections, box_masks, instance_targets
+from histoflow.detection import Detections
 from histoflow.models import build_model
 from histoflow.train import TrainConfig, make_optimizers, train_instances
+from test_detection import exact_detector
 
 CPU = torch.device("cpu")
 
@@ -109,16 +110,7 @@ class ExactInstanceModel(nn.Module):
         return {"conf": -(torch.log(real) + torch.log(1 - decoy)).sum() + 0 * labels.float().sum()}
 
     def detect(self, images):
-        from skimage.measure import label as cc_label
-
-        out = []
-        for img in images:
-            lab = torch.from_numpy(cc_label(img[1].numpy() > 0)).long()
-            t = instance_targets(lab, min_area=1)
-            v = torch.stack([img[0][lab == i].mean() for i in t["ids"].tolist()]) if len(t["ids"]) else torch.zeros(0)
-            out.append(Detections(t["boxes"].numpy(), self._score(v).detach().numpy(),
-                                  box_masks(t["masks"], t["boxes"], 16).numpy()))
-        return out
+        return exact_detector(16, channel=1, score=self._score)(images)
 
 
 def exact_data(n=8, size=32, seed=0):

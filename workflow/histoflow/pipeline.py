@@ -342,7 +342,7 @@ def predict_instances(
         shape = image.shape[:2]
         write_image(out / f"{stem}.tif", merged_probability(kept, shape, predict["mask_threshold"]))
         labels = instance_labels(kept, shape, 0.5)
-        write_image(out / "instances" / f"{stem}.tif", labels.astype(np.uint16 if labels.max() < 65536 else np.uint32))
+        write_labels(out / "instances" / f"{stem}.tif", labels)
         log.info("%s: %dx%d, %d detections, %d kept, %d instances in %.2fs", stem, *shape, len(dets), len(kept),
                  labels.max(), time.perf_counter() - t0)
 
@@ -405,7 +405,7 @@ def run_postprocess(
             labels = read_image(Path(pred_dir) / "instances" / p.name).astype(np.int64)
             labels[np.bincount(labels.ravel())[labels] < pp.min_size] = 0
             labels = relabel_sequential(labels)
-            write_image(out / p.name, labels.astype(np.uint16 if labels.max() < 65536 else np.uint32))
+            write_labels(out / p.name, labels)
         log.info("instances: the model's detections, each with its own id (objects under %d px dropped)", pp.min_size)
         return
     default_th = float(spec.get("threshold", 0.5))
@@ -415,7 +415,12 @@ def run_postprocess(
     for p in sorted(Path(pred_dir).glob("*.tif")):
         image = read_rgb(Path(normalized_dir) / f"{p.stem}.png") if (pp.graphcut and normalized_dir) else None
         labels = postprocess(read_image(p), pp, default_th, image, grow=grow)
-        write_image(out / f"{p.stem}.tif", labels.astype(np.uint16 if labels.max() < 65536 else np.uint32))
+        write_labels(out / f"{p.stem}.tif", labels)
+
+
+def write_labels(path: PathLike, labels: np.ndarray) -> None:
+    """An instance label image as TIFF: uint16, or uint32 past 65535 objects."""
+    write_image(path, labels.astype(np.uint16 if labels.max() < 65536 else np.uint32))
 
 
 def instance_growth(spec: dict[str, Any]) -> int:

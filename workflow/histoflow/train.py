@@ -607,12 +607,11 @@ def train_instances(
         return sum(v.float() for v in terms.values())
 
     has_val = val_data is not None and len(val_data["images"]) > 0
-    last: dict[int, list] = {}  # the detections of the last validation, reused to choose the threshold
+    val_found: list = []  # the detections of the last validation, reused to choose the threshold
 
     def validate() -> dict[str, float]:
-        last.clear()
-        last[0] = detect_patches(model, val_data["images"], device, cfg.batch_size)
-        scores = validate_instances(last[0], val_data["labels"], (0.5,))
+        val_found[:] = detect_patches(model, val_data["images"], device, cfg.batch_size)
+        scores = validate_instances(val_found, val_data["labels"], (0.5,))
         return {"val_aji": scores[0.5]["aji"], "val_dice": scores[0.5]["dice"]}
 
     history = run_epochs(model, step_loss, len(x_train), cfg, device, checkpoint, run_key,
@@ -620,7 +619,7 @@ def train_instances(
     result: dict[str, Any] = {"history": history, "score_threshold": 0.5, "val_aji": float("nan"),
                               "val_dice": float("nan")}
     if has_val:
-        found = last.get(0) or detect_patches(model, val_data["images"], device, cfg.batch_size)
+        found = val_found or detect_patches(model, val_data["images"], device, cfg.batch_size)
         scores = validate_instances(found, val_data["labels"], SCORE_THRESHOLDS)
         best = max(SCORE_THRESHOLDS, key=lambda t: (scores[t]["aji"], -abs(t - 0.5)))
         result.update(score_threshold=best, val_aji=scores[best]["aji"], val_dice=scores[best]["dice"])
