@@ -56,6 +56,23 @@ def test_mask_rcnn_keeps_the_native_scale_and_returns_box_frame_masks(small_rcnn
         assert (d.scores >= 0.05).all() and (d.masks >= 0).all() and (d.masks <= 1).all()
 
 
+def test_mask_rcnn_min_score_only_skips_what_a_threshold_would_drop(small_rcnn):
+    """detect(min_score=t) runs the mask head on fewer boxes but returns exactly the detections
+    scoring at least t, with the same boxes and masks as an unrestricted call."""
+    small_rcnn.eval()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = small_rcnn.detect(x)
+        t = float(np.median(np.concatenate([d.scores for d in full])))
+        high = small_rcnn.detect(x, min_score=t)
+    assert sum(len(d) for d in high) < sum(len(d) for d in full)
+    for f, h in zip(full, high, strict=True):
+        ref = f.select(np.flatnonzero(f.scores >= t))
+        assert len(h) == len(ref) and (h.scores >= t).all()
+        np.testing.assert_allclose(h.boxes, ref.boxes, atol=1e-4)
+        np.testing.assert_allclose(h.masks, ref.masks, atol=1e-5)
+
+
 def test_mask_rcnn_rejects_bad_parameters():
     with pytest.raises(ValueError, match="backbone"):
         build_model("mask_rcnn", backbone="vgg16")
@@ -109,8 +126,9 @@ class ExactInstanceModel(nn.Module):
         decoy = self._score(torch.tensor(0.3))
         return {"conf": -(torch.log(real) + torch.log(1 - decoy)).sum() + 0 * labels.float().sum()}
 
-    def detect(self, images):
-        return exact_detector(16, channel=1, score=self._score)(images)
+    def detect(self, images, min_score=0.0):
+        found = exact_detector(16, channel=1, score=self._score)(images)
+        return [d.select(np.flatnonzero(d.scores >= min_score)) for d in found]
 
 
 def exact_data(n=8, size=32, seed=0):

@@ -294,6 +294,25 @@ def test_detect_returns_consistent_detections():
     assert [len(d) for d in empty] == [0, 0] and empty[0].masks.shape == (0, 48, 48)
 
 
+def test_detect_min_score_returns_the_thresholded_subset():
+    model = tiny(score_floor=0.0, max_detections=500).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # an untrained head ties many scores, and NMS breaks ties arbitrarily
+        for p in model.det_head.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.rand(2, 3, 75, 61, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model.detect(x)
+        t = float(np.median(np.concatenate([d.scores for d in full])))
+        high = model.detect(x, min_score=t)
+    for f, h in zip(full, high, strict=True):
+        ref = f.select(np.flatnonzero(f.scores >= t))
+        assert 0 < len(h) == len(ref) < len(f)
+        h, ref = (d.select(np.lexsort((*d.boxes.T, -d.scores))) for d in (h, ref))  # equal scores: any order
+        np.testing.assert_allclose(h.boxes, ref.boxes, atol=1e-5)
+        np.testing.assert_allclose(h.masks, ref.masks, atol=1e-5)
+
+
 def test_save_and_load_round_trip(tmp_path):
     kwargs = {**TINY, "aspect_ratios": [1.0, 0.5], "scales": [1.0]}  # lists, as JSON gives them back
     model = tiny(**kwargs).eval()

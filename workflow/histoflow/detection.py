@@ -6,8 +6,10 @@ and three methods the workflow calls:
 - ``instance_losses(images, labels) -> dict[str, Tensor]``: ``images (B, 3, H, W)`` float in
   [0, 1], ``labels (B, H, W)`` int64 instance labels (0 = background); returns named, already
   weighted loss terms whose sum is the training loss (the model is in training mode);
-- ``detect(images) -> list[Detections]``: one :class:`Detections` per image, boxes in that image's
-  pixel coordinates (eval mode, called under ``torch.no_grad``);
+- ``detect(images, min_score=0.0) -> list[Detections]``: one :class:`Detections` per image, boxes
+  in that image's pixel coordinates, none scoring under ``min_score`` (eval mode, called under
+  ``torch.no_grad``). Callers pass the lowest score threshold they will apply, so the mask head
+  (Mask R-CNN) or the refinement net (US-Net) only runs on detections that can be kept;
 - ``param_groups() -> dict[str, list[Parameter]]``: the parameter groups that get their own
   optimizer (one group for Mask R-CNN; backbone/segmentation, detection and refinement for US-Net).
 

@@ -177,7 +177,7 @@ def run_train(
     train = read_patch_group(store, "train", fields)
     val = read_patch_group(store, "val", fields)
     log.info("training %s (%s, target %s, loss %s) on %s: %d train / %d val patches, %.2f M parameters",
-             model_cfg["arch"], stage, cfg.target, cfg.loss, dev, len(train["images"]), len(val["images"]),
+             model_cfg["arch"], stage, cfg.target, "the model's own" if instance else cfg.loss, dev, len(train["images"]), len(val["images"]),
              sum(p.numel() for p in model.parameters()) / 1e6)
     t0 = time.perf_counter()
     # The checkpoint resumes only the same run: same settings and the same input files.
@@ -327,7 +327,7 @@ def predict_instances(
 
     def detector(batch: torch.Tensor):
         with autocast(dev):
-            return model.detect(batch)
+            return model.detect(batch, min_score=score)  # the mask/refine heads skip what is dropped anyway
 
     log.info("detection score threshold %.2f%s, NMS IoU %.2f, mask threshold %.2f", score,
              " (validation-chosen)" if predict.get("score_threshold") is None else "", predict["nms_iou"],

@@ -610,7 +610,7 @@ def train_instances(
     val_found: list = []  # the detections of the last validation, reused to choose the threshold
 
     def validate() -> dict[str, float]:
-        val_found[:] = detect_patches(model, val_data["images"], device, cfg.batch_size)
+        val_found[:] = detect_patches(model, val_data["images"], device, cfg.batch_size, min(SCORE_THRESHOLDS))
         scores = validate_instances(val_found, val_data["labels"], (0.5,))
         return {"val_aji": scores[0.5]["aji"], "val_dice": scores[0.5]["dice"]}
 
@@ -619,7 +619,7 @@ def train_instances(
     result: dict[str, Any] = {"history": history, "score_threshold": 0.5, "val_aji": float("nan"),
                               "val_dice": float("nan")}
     if has_val:
-        found = val_found or detect_patches(model, val_data["images"], device, cfg.batch_size)
+        found = val_found or detect_patches(model, val_data["images"], device, cfg.batch_size, min(SCORE_THRESHOLDS))
         scores = validate_instances(found, val_data["labels"], SCORE_THRESHOLDS)
         best = max(SCORE_THRESHOLDS, key=lambda t: (scores[t]["aji"], -abs(t - 0.5)))
         result.update(score_threshold=best, val_aji=scores[best]["aji"], val_dice=scores[best]["dice"])
@@ -629,14 +629,16 @@ def train_instances(
 
 
 @torch.no_grad()
-def detect_patches(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int) -> list:
-    """The model's detections (:class:`histoflow.detection.Detections`) on ``uint8 (N, H, W, 3)`` patches."""
+def detect_patches(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int,
+                   min_score: float = 0.0) -> list:
+    """The model's detections (:class:`histoflow.detection.Detections`) scoring at least
+    ``min_score`` on ``uint8 (N, H, W, 3)`` patches."""
     model.eval()
     x = images_to_tensor(images)
     found = []
     for i in range(0, len(x), batch_size):
         with autocast(device):
-            found += model.detect(to_device(x[i : i + batch_size], device))
+            found += model.detect(to_device(x[i : i + batch_size], device), min_score=min_score)
     return found
 
 

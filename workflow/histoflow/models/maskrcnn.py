@@ -21,6 +21,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -120,13 +121,21 @@ class MaskRCNN(nn.Module):
         losses = self.net([im.float() for im in images], targets)
         return {k.removeprefix("loss_"): v.float() for k, v in losses.items()}
 
-    def detect(self, images: torch.Tensor) -> list[Detections]:
-        """Detections per image with their unpasted 28 × 28 masks (box frame)."""
+    def detect(self, images: torch.Tensor, min_score: float = 0.0) -> list[Detections]:
+        """Detections per image scoring above ``max(score_floor, min_score)``, with their unpasted
+        28 × 28 masks (box frame). The mask head only runs on those: an undertrained model's few
+        hundred low-score boxes per patch would otherwise each cost a mask-head pass."""
         net = self.net
+        floor = net.roi_heads.score_thresh
         il, _ = net.transform(list(images.float()))
         features = net.backbone(il.tensors)
         proposals, _ = net.rpn(il, features)
-        found, _ = net.roi_heads(features, proposals, il.image_sizes)
+        # torchvision keeps scores strictly above score_thresh; the workflow keeps those at least min_score
+        net.roi_heads.score_thresh = max(floor, float(np.nextafter(np.float32(min_score), np.float32(-1))))
+        try:
+            found, _ = net.roi_heads(features, proposals, il.image_sizes)
+        finally:
+            net.roi_heads.score_thresh = floor
         return [Detections.from_torch(d["boxes"], d["scores"], d["masks"][:, 0]) for d in found]
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:

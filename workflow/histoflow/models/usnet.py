@@ -364,9 +364,9 @@ class USNet(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, target) + _soft_dice_loss(logits, target)
 
     # ----------------------------------------------------------------------------------- inference
-    def detect(self, images: torch.Tensor) -> list[Detections]:
+    def detect(self, images: torch.Tensor, min_score: float = 0.0) -> list[Detections]:
         """One :class:`~histoflow.detection.Detections` per image of ``images (B, C, H, W)``: boxes
-        scoring ≥ ``score_floor`` and centred in the image, NMS at ``nms_iou``, the best
+        scoring ≥ ``max(score_floor, min_score)`` and centred in the image, NMS at ``nms_iou``, the best
         ``max_detections``, each refined. Boxes are the enlarged crop boxes and masks the refine
         net's ``(refine_size, refine_size)`` probabilities in them (call in eval mode, no grad)."""
         h, w = images.shape[-2:]
@@ -375,14 +375,15 @@ class USNet(nn.Module):
         stack = torch.cat([images.float(), seg_prob], 1)
         scores = torch.sigmoid(out["cls"].float())
         boxes = decode_boxes(out["box"].float(), out["anchors"], self.variances)
+        floor = max(self.score_floor, float(min_score))
         result = []
         for i in range(len(images)):
             cx, cy = (boxes[i, :, 0] + boxes[i, :, 2]) / 2, (boxes[i, :, 1] + boxes[i, :, 3]) / 2
-            ok = (scores[i] >= self.score_floor) & (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+            ok = (scores[i] >= floor) & (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
             cand = torch.nonzero(ok).flatten()
             cand = cand[scores[i, cand].topk(min(len(cand), self.pre_nms_top)).indices]
             dets = Detections.from_torch(boxes[i, cand], scores[i, cand], torch.zeros((len(cand), 1, 1)))
-            dets = filter_detections(dets, self.score_floor, self.nms_iou)
+            dets = filter_detections(dets, floor, self.nms_iou)
             dets = dets.select(np.arange(min(len(dets), self.max_detections)))
             if len(dets) == 0:
                 result.append(Detections.empty(self.refine_size))
