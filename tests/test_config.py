@@ -261,6 +261,11 @@ def test_ensembles_are_checked_against_models():
         check_ensembles(validate_config({**base, "ensembles": {"a": {"members": ["a", "b"]}}}))
     with pytest.raises(ConfigError, match="one weight per member"):
         check_ensembles(validate_config({**base, "ensembles": {"ab": {"members": ["a", "b"], "weights": [1]}}}))
+    ens = validate_config({**base, "ensembles": {"ab": {"members": ["a", "b"]}}})["ensembles"]["ab"]
+    assert ens["combine"] == "mean" and ens["vote_fraction"] == 0.5  # schema defaults
+    vote = {"ensembles": {"ab": {"members": ["a", "b"], "combine": "vote"}}}
+    with pytest.raises(ConfigError, match="combine: vote"):
+        check_ensembles(validate_config({**base, **vote, "classes": ["x", "y"]}))
 
 
 def test_instance_architectures_are_listed_and_their_impossible_settings_rejected():

@@ -13,6 +13,7 @@ from histoflow.postprocess import (
     instances_from_mask,
     postprocess,
     relabel_sequential,
+    vote_instances,
 )
 
 
@@ -189,3 +190,69 @@ def test_graphcut_postprocess_cleans_a_noisy_disk():
 
     assert iou(cut) > 0.95 > iou(plain)
     assert cut.max() == 1  # one clean object instead of speckle
+
+
+# ------------------------------------------------------------------------------- instance voting
+def _disk_labels(shape, disks):
+    """Label image with one object per ``(row, col, radius, id)``."""
+    lab = np.zeros(shape, np.int32)
+    for r, c, rad, i in disks:
+        lab[disk((r, c), rad, shape=shape)] = i
+    return lab
+
+
+def _objects(labels):
+    return {frozenset(np.flatnonzero(labels.ravel() == i)) for i in np.unique(labels[labels > 0])}
+
+
+def test_vote_keeps_the_objects_a_majority_found_with_their_majority_pixels():
+    """Object A found by all three members (shifted by a pixel), B by one, C by two: the default
+    majority keeps A and C; A's mask is the pixels at least two of the three cover."""
+    shape = (60, 80)
+    m0 = _disk_labels(shape, [(20, 20, 8, 5), (45, 60, 6, 9)])              # A, B
+    m1 = _disk_labels(shape, [(21, 20, 8, 1), (15, 60, 7, 2)])              # A, C
+    m2 = _disk_labels(shape, [(20, 21, 8, 7), (15, 61, 7, 3)])              # A, C
+    labels, votes = vote_instances([m0, m1, m2])
+    a_cover = (m0 == 5).astype(int) + (m1 == 1) + (m2 == 7)
+    c_cover = (m1 == 2).astype(int) + (m2 == 3)
+    assert _objects(labels) == {frozenset(np.flatnonzero((a_cover >= 2).ravel())),
+                                frozenset(np.flatnonzero((c_cover >= 1).ravel()))}  # C: half of its 2 finders
+    assert labels.max() == 2 and labels[20, 20] == 1  # A (3 votes) is painted first
+    np.testing.assert_allclose(votes, ((m0 > 0).astype(float) + (m1 > 0) + (m2 > 0)) / 3, atol=1e-6)
+    # every object any member found
+    loose, _ = vote_instances([m0, m1, m2], vote_fraction=0.0)
+    assert loose.max() == 3 and loose[45, 60] > 0
+
+
+def test_vote_of_two_equal_members_keeps_what_both_found_and_weights_can_overrule():
+    shape = (40, 40)
+    a = _disk_labels(shape, [(10, 10, 5, 1), (30, 30, 5, 2)])
+    b = _disk_labels(shape, [(10, 11, 5, 4)])
+    labels, _ = vote_instances([a, b])
+    assert labels.max() == 1 and labels[10, 10] == 1 and labels[30, 30] == 0
+    assert ((labels > 0) == ((a == 1) | (b == 4))).all()  # half the weight covers the union
+    heavy, _ = vote_instances([a, b], weights=[3, 1])
+    assert heavy.max() == 2 and heavy[30, 30] > 0
+    assert ((heavy == heavy[10, 10]) == (a == 1)).all()  # 3/4 of the weight: member a's pixels only
+
+
+def test_vote_matches_only_above_iou_one_half_and_identical_members_give_their_objects():
+    shape = (30, 60)
+    a = _disk_labels(shape, [(15, 15, 8, 1), (15, 45, 8, 2)])
+    shifted = _disk_labels(shape, [(15, 22, 8, 1)])  # IoU with the first disk < 0.5: a different object
+    labels, _ = vote_instances([a, shifted])
+    assert labels.max() == 0
+    same, votes = vote_instances([a, a.copy(), a * 3])
+    assert _objects(same) == _objects(a) and set(np.unique(votes)) == {0.0, 1.0}
+
+
+def test_vote_rejects_bad_input():
+    a = np.zeros((8, 8), np.int32)
+    with pytest.raises(ValueError, match="two members"):
+        vote_instances([a])
+    with pytest.raises(ValueError, match="shape"):
+        vote_instances([a, np.zeros((8, 9), np.int32)])
+    with pytest.raises(ValueError, match="weight"):
+        vote_instances([a, a], weights=[1, 0])
+    with pytest.raises(ValueError, match="vote_fraction"):
+        vote_instances([a, a], vote_fraction=1.0)

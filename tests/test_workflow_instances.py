@@ -1,5 +1,6 @@
 """Instance models through the workflow: Mask R-CNN and US-Net trained from the patch store's instance labels,
-tiled detection, the two merge rules, QuPath export, metrics, an ensemble with a U-Net, the report."""
+tiled detection, the two merge rules, QuPath export, metrics, ensembles with a U-Net (mean and
+instance vote), the report."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from histoflow.postprocess import vote_instances
 from test_workflow import planned_jobs, smk, write_config
 
 RCNN = {"arch": "mask_rcnn",
@@ -34,7 +36,8 @@ INSTANCES = {
         "u": {"arch": "unet", "params": {"base_width": 4, "depth": 2}, "train": {"epochs": 1, "batch_size": 4},
               "predict": {"tile": 64, "overlap": 16}},
     },
-    "ensembles": {"ur": {"members": ["u", "rcnn"]}},
+    "ensembles": {"ur": {"members": ["u", "rcnn"]},
+                  "vote": {"members": ["u", "rcnn", "us"], "combine": "vote"}},
     "postprocess": {"detections": "preserve", "min_size": 10},
     "report": {"n_overlays": 1},
 }
@@ -71,6 +74,16 @@ def test_instance_model_workflow_end_to_end(instance_run):
     for key in ("aji_mean", "pq_mean", "object_f1_mean", "pixel_f1_mean", "ap50_pooled"):
         assert key in summary
     assert (r / "metrics" / "ur" / "demo_summary.json").exists()  # U-Net + Mask R-CNN averaged
+    # U-Net + Mask R-CNN + US-Net voting on their instances: objects where 2 of 3 agree
+    vote = json.loads((r / "models" / "vote" / "spec.json").read_text())
+    assert vote["combine"] == "vote" and vote["instances"] is True
+    for stem in stems:
+        members = [tifffile.imread(r / "instances" / m / "demo" / f"{stem}.tif") for m in ("u", "rcnn", "us")]
+        votes = tifffile.imread(r / "predictions" / "vote" / "demo" / f"{stem}.tif")
+        np.testing.assert_allclose(votes, sum((m > 0).astype(float) for m in members) / 3, atol=1e-6)
+        voted = tifffile.imread(r / "predictions" / "vote" / "demo" / "instances" / f"{stem}.tif")
+        np.testing.assert_array_equal(voted, vote_instances(members)[0])
+    assert (r / "metrics" / "vote" / "demo_summary.json").exists()
     us = json.loads((r / "models" / "us" / "spec.json").read_text())
     assert us["arch"] == "usnet" and us["instances"] is True
     own = tifffile.imread(next((r / "predictions" / "us" / "demo" / "instances").glob("*.tif")))

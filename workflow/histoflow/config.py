@@ -112,6 +112,9 @@ def check_ensembles(config: dict[str, Any]) -> list[str]:
                               f"(choose from {sorted(config['models'])})")
         if "weights" in ens and len(ens["weights"]) != len(ens["members"]):
             raise ConfigError(f"config.yaml is invalid:\n  ensembles.{name}.weights: give one weight per member")
+        if ens.get("combine") == "vote" and config.get("classes"):
+            raise ConfigError(f"config.yaml is invalid:\n  ensembles.{name}.combine: vote compares object instances, "
+                              "which a multi-class workflow (top-level classes:) does not make; use combine: mean")
         names.append(name)
     return names
 

@@ -362,11 +362,45 @@ def run_ensemble_predict(member_dirs: list[PathLike], weights: list[float] | Non
     log.info("averaged %d members over %d images (weights %s)", len(member_dirs), len(stems), w.round(3).tolist())
 
 
+def run_ensemble_vote(member_dirs: list[PathLike], weights: list[float] | None, vote_fraction: float,
+                      out_dir: PathLike) -> None:
+    """Instance voting (:func:`histoflow.postprocess.vote_instances`) between the members'
+    post-processed instances (``<stem>.tif`` in every member folder). Writes ``instances/<stem>.tif``,
+    the voted objects, and ``<stem>.tif``, the weighted fraction of members covering each pixel."""
+    from .io import read_image
+    from .postprocess import vote_instances
+
+    out = Path(out_dir)
+    (out / "instances").mkdir(parents=True, exist_ok=True)
+    stems = sorted(p.stem for p in Path(member_dirs[0]).glob("*.tif"))
+    counts = []
+    for stem in stems:
+        maps = [read_image(Path(d) / f"{stem}.tif").astype(np.int64) for d in member_dirs]
+        labels, votes = vote_instances(maps, weights, vote_fraction)
+        write_image(out / f"{stem}.tif", votes)
+        write_labels(out / "instances" / f"{stem}.tif", labels)
+        counts.append((stem, [int(len(np.unique(m)) - 1) for m in maps], int(labels.max())))
+    for stem, found, kept in counts:
+        log.info("%s: members found %s objects, %d kept by the vote", stem, found, kept)
+    log.info("instance vote of %d members over %d images (objects kept above %.2f of the weight %s)",
+             len(member_dirs), len(stems), vote_fraction, weights or "equal")
+
+
 def run_ensemble_spec(member_specs: list[PathLike], members: list[str], weights: list[float] | None,
-                      out_json: PathLike) -> None:
+                      out_json: PathLike, combine: str = "mean", vote_fraction: float = 0.5) -> None:
     w = np.asarray(weights if weights else [1.0] * len(members), np.float64)
     w = w / w.sum()
     specs = [read_json(p) for p in member_specs]
+    if combine == "vote":  # members' instances are voted on, whatever each predicted
+        if any(s.get("classes") for s in specs):
+            raise ValueError(f"ensemble of {members}: combine: vote compares object instances; multi-class "
+                             "models have none (use combine: mean)")
+        write_json(out_json, {
+            "arch": "ensemble", "combine": "vote", "members": members, "weights": w.tolist(),
+            "vote_fraction": vote_fraction, "instances": True, "target": "instances", "threshold": 0.5,
+            "boundary_width": max(int(s.get("boundary_width", 1)) for s in specs), "classes": [],
+        })
+        return
     # an instance model's merge map is a foreground probability, like a masks model's
     targets = {s.get("target", "masks").replace("instances", "masks") for s in specs}
     if len(targets) > 1:
@@ -400,13 +434,14 @@ def run_postprocess(
             write_image(out / f"{p.stem}.tif", cleanup_classes(prob.argmax(0).astype(np.uint8), pp.min_size))
         log.info("argmax class maps, regions under %d px merged into their surroundings", pp.min_size)
         return
-    if spec.get("instances") and pp.detections == "preserve":  # each detection keeps its own id
+    if spec.get("instances") and (pp.detections == "preserve" or spec.get("combine") == "vote"):  # own ids
         for p in sorted(Path(pred_dir).glob("*.tif")):
             labels = read_image(Path(pred_dir) / "instances" / p.name).astype(np.int64)
             labels[np.bincount(labels.ravel())[labels] < pp.min_size] = 0
             labels = relabel_sequential(labels)
             write_labels(out / p.name, labels)
-        log.info("instances: the model's detections, each with its own id (objects under %d px dropped)", pp.min_size)
+        log.info("instances: the %s, each with its own id (objects under %d px dropped)",
+                 "voted objects" if spec.get("combine") == "vote" else "model's detections", pp.min_size)
         return
     default_th = float(spec.get("threshold", 0.5))
     grow = instance_growth(spec)

@@ -152,3 +152,109 @@ def postprocess(
         sizes = np.bincount(labels.ravel())
         labels = np.where(sizes[labels] >= cfg.min_size, labels, 0)
     return relabel_sequential(labels)
+
+
+def vote_instances(
+    label_maps: list[np.ndarray], weights: list[float] | None = None, vote_fraction: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Instance-level voting between models' instance label images of one image.
+
+    Objects of different members are the same object when their IoU exceeds 0.5 (within a member
+    objects do not overlap, so an object has at most one such partner per member). Pairs are joined
+    in order of decreasing IoU, never putting two objects of one member in a group. A group is kept
+    when its members carry more than ``vote_fraction`` of the total weight; its mask is the pixels
+    that at least half of its members' weight covers. Kept objects are painted in order of
+    decreasing votes (then area), so a contested pixel goes to the better-supported object.
+
+    Parameters
+    ----------
+    label_maps:
+        ``int (H, W)`` instance labels, one per member (0 = background).
+    weights:
+        One positive weight per member; default equal.
+    vote_fraction:
+        In [0, 1): 0.5 keeps the objects a weighted majority found (two equal members: both).
+
+    Returns
+    -------
+    labels, votes:
+        ``int32 (H, W)`` the voted instances, ids 1..N in painting order; ``float32 (H, W)`` the
+        weighted fraction of members whose objects cover each pixel (a foreground probability,
+        whose mean over an object ranks it for detection AP).
+    """
+    from .metrics import match_objects
+
+    if len(label_maps) < 2:
+        raise ValueError(f"instance voting needs at least two members, got {len(label_maps)}")
+    shape = label_maps[0].shape
+    if any(m.shape != shape for m in label_maps):
+        raise ValueError(f"members' label images differ in shape: {[m.shape for m in label_maps]}")
+    if not 0 <= vote_fraction < 1:
+        raise ValueError(f"vote_fraction must be in [0, 1), got {vote_fraction}")
+    w = np.asarray(weights if weights is not None else [1.0] * len(label_maps), np.float64)
+    if len(w) != len(label_maps) or (w <= 0).any():
+        raise ValueError(f"need one positive weight per member, got {w.tolist()} for {len(label_maps)} members")
+    w = w / w.sum()
+
+    # objects as (member, flat pixel indices), addressed by a global index
+    members, pixels, offsets = [], [], []
+    for k, lab in enumerate(label_maps):
+        offsets.append(len(pixels))
+        flat = lab.ravel()
+        order = np.argsort(flat, kind="stable")
+        ids, starts = np.unique(flat[order], return_index=True)
+        for i, (obj, s) in enumerate(zip(ids, starts, strict=True)):
+            if obj == 0:
+                continue
+            end = starts[i + 1] if i + 1 < len(starts) else len(order)
+            members.append(k)
+            pixels.append(order[s:end])
+    # candidate pairs with IoU > 0.5, from every pair of members' overlap tables
+    links = []
+    for a in range(len(label_maps)):
+        for b in range(a + 1, len(label_maps)):
+            m = match_objects(label_maps[b], label_maps[a])  # gt side = member a, pred side = member b
+            inter = m.pair_overlap
+            iou = inter / (m.gt_areas[m.pair_gt] + m.pred_areas[m.pair_pred] - inter)
+            for g, p, v in zip(m.pair_gt[iou > 0.5], m.pair_pred[iou > 0.5], iou[iou > 0.5], strict=True):
+                links.append((float(v), offsets[a] + int(g), offsets[b] + int(p)))
+    # union-find over the links by decreasing IoU; a group holds at most one object per member
+    parent = list(range(len(members)))
+    group_members = [{k} for k in members]
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for _, i, j in sorted(links, reverse=True):
+        ri, rj = root(i), root(j)
+        if ri != rj and not group_members[ri] & group_members[rj]:
+            parent[rj] = ri
+            group_members[ri] |= group_members[rj]
+    groups: dict[int, list[int]] = {}
+    for i in range(len(members)):
+        groups.setdefault(root(i), []).append(i)
+
+    votes = np.zeros(int(np.prod(shape)), np.float64)
+    for k, lab in enumerate(label_maps):
+        votes += w[k] * (lab.ravel() > 0)
+    kept = []
+    for objs in groups.values():
+        support = float(sum(w[members[i]] for i in objs))
+        if support <= vote_fraction + 1e-9:
+            continue
+        cover = np.zeros(int(np.prod(shape)), np.float64)
+        for i in objs:
+            cover[pixels[i]] += w[members[i]]
+        mask = np.flatnonzero(cover >= support / 2 - 1e-9)
+        kept.append((support, len(mask), mask))
+    labels = np.zeros(int(np.prod(shape)), np.int32)
+    next_id = 1
+    for _, _, mask in sorted(kept, key=lambda t: (-t[0], -t[1], int(t[2][0]))):
+        free = mask[labels[mask] == 0]
+        if len(free):
+            labels[free] = next_id
+            next_id += 1
+    return labels.reshape(shape), votes.reshape(shape).astype(np.float32)

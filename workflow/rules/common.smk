@@ -98,10 +98,10 @@ def stage1_config(model):
 
 
 def ensemble_member_inputs(wildcards):
-    members = config["ensembles"][wildcards.model]["members"]
-    return {
-        "predictions": [f"{RESULTS}/predictions/{m}/{wildcards.dataset}" for m in members],
-    }
+    """Mean: the members' probability maps; vote: their post-processed instances."""
+    ens = config["ensembles"][wildcards.model]
+    kind = "instances" if ens["combine"] == "vote" else "predictions"
+    return {kind: [f"{RESULTS}/{kind}/{m}/{wildcards.dataset}" for m in ens["members"]]}
 
 
 def ensemble_spec_inputs(wildcards):

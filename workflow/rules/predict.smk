@@ -26,7 +26,8 @@ rule predict:
 
 
 rule ensemble_predict:
-    """An ensemble's probability maps: the (weighted) mean of its members' maps."""
+    """An ensemble's probability maps: the (weighted) mean of its members' maps, or, with
+    combine: vote, the objects a weighted majority of the members' instances agree on."""
     wildcard_constraints:
         model="|".join(ENSEMBLES) or "^$",
     input:
@@ -35,6 +36,8 @@ rule ensemble_predict:
         directory(f"{RESULTS}/predictions/{{model}}/{{dataset}}"),
     params:
         weights=lambda wc: config["ensembles"][wc.model].get("weights"),
+        combine=lambda wc: config["ensembles"][wc.model]["combine"],
+        vote_fraction=lambda wc: config["ensembles"][wc.model]["vote_fraction"],
     log:
         f"{RESULTS}/logs/ensemble_predict/{{model}}/{{dataset}}.log",
     benchmark:
@@ -57,6 +60,8 @@ rule ensemble_spec:
     params:
         members=lambda wc: config["ensembles"][wc.model]["members"],
         weights=lambda wc: config["ensembles"][wc.model].get("weights"),
+        combine=lambda wc: config["ensembles"][wc.model]["combine"],
+        vote_fraction=lambda wc: config["ensembles"][wc.model]["vote_fraction"],
     log:
         f"{RESULTS}/logs/ensemble_spec/{{model}}.log",
     threads: 1
