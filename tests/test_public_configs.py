@@ -128,6 +128,7 @@ def test_dry_run_on_the_shared_data(name, tmp_path):
     jobs = planned_jobs(run_config(workdir_beside_shared(tmp_path), name, "-n").stdout)
     for m in models:
         assert f"train_model[model={m}]" in jobs
+    for m in models + sorted(validate_config(load(name))["ensembles"]):
         for d in tests:
             assert f"evaluate[model={m}, dataset={d}]" in jobs
     assert not any(j.startswith("evaluate[") and "train" in j.split("dataset=")[1] for j in jobs)
@@ -144,7 +145,7 @@ def test_real_run_on_a_few_images(name, tmp_path):
     cfg = validate_config(load(name))
     results = workdir / cfg["results"]
     html = (results / "report.html").read_text()
-    for m in models:
+    for m in models + sorted(cfg["ensembles"]):
         for d in tests:
             summary = json.loads((results / "metrics" / m / f"{d}_summary.json").read_text())
             assert summary["n_images"] == 1
