@@ -128,6 +128,38 @@ def test_pipeline_functions_regions_merge_to_the_single_job(tmp_path):
     assert summary["instances"]["objects"] > 0 and summary["processed_area_mm2"] > 0
 
 
+def test_an_instance_model_runs_on_a_slide_through_its_merge_map(tmp_path):
+    """US-Net on slide tiles: its detections' merge map is blended like a probability map, then
+    thresholded and split into objects (the merge rule); the detections are its own, so the map
+    is the seed's clipped sum of masks (values in [0, 1]) and zero where nothing was kept."""
+    slide = make_slide(tmp_path / "syn.tif")
+    kwargs = {"in_channels": 3, "out_channels": 1, "base_width": 4, "depth": 3, "min_size": 12, "max_size": 40,
+              "head_width": 8, "refine_width": 4, "score_floor": 0.0, "max_detections": 5}
+    torch.manual_seed(0)
+    save_model(build_model("usnet", **kwargs), {"arch": "usnet", "kwargs": kwargs, "threshold": 0.5,
+                                                "instances": True, "score_threshold": 0.0}, tmp_path / "model")
+    cfg = slides_config(stain=False)
+    slides = cfg["slides"]
+    run_slide_tissue(slide, slides, None, tmp_path / "t/tissue.json", tmp_path / "t/tissue.png",
+                     tmp_path / "t/thumbnail.png")
+    predict = {"tta": "none", "score_threshold": None, "nms_iou": 0.5, "mask_threshold": 0.3}
+    run_predict_slide_region(slide, tmp_path / "t/tissue.json", tmp_path / "model", None, {**slides, "regions": 1},
+                             predict, 0, "cpu", {"batch_size": 2, "workers": 0, "compile": False},
+                             tmp_path / "r.zarr")
+    run_merge_slide([tmp_path / "r.zarr"], tmp_path / "out/probability.zarr")
+    prob = np.asarray(wsi.open_group(tmp_path / "out/probability.zarr")["prob"][:])
+    assert 0 <= prob.min() and prob.max() <= 1 and prob.max() > 0.3  # 5 detections a tile, masks about 0.5
+    files = {k: tmp_path / "out" / v for k, v in (("probability", "probability.ome.tif"), ("labels", "labels.ome.tif"),
+                                                 ("labels_zarr", "labels.zarr"), ("objects", "objects.geojson"),
+                                                 ("summary", "summary.json"))}
+    run_slide_outputs(tmp_path / "out/probability.zarr", tmp_path / "model/spec.json", cfg["postprocess"], slides,
+                      "Nucleus", files)
+    check_outputs(tmp_path / "out", (450, 350), 1.0, 2.0)
+    with pytest.raises(ValueError, match="tta: none"):
+        run_predict_slide_region(slide, tmp_path / "t/tissue.json", tmp_path / "model", None, slides,
+                                 {**predict, "tta": "flips"}, 0, "cpu", {"batch_size": 2}, tmp_path / "x.zarr")
+
+
 # ---------------------------------------------------------------------------------------------
 # Snakemake: dry runs and configuration errors (fast)
 

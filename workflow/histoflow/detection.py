@@ -181,6 +181,24 @@ def merged_probability(dets: Detections, shape: tuple[int, int], mask_threshold:
     return np.clip(out, 0, 1)
 
 
+def merge_map_predictor(
+    detect: Callable[[torch.Tensor], list[Detections]], score_threshold: float, nms_iou: float,
+    mask_threshold: float = 0.3,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An instance model as a probability predictor for the tiled and whole-slide runners: for a
+    batch ``(B, C, H, W)``, the :func:`merged_probability` of each tile's kept detections (score at
+    least ``score_threshold``, then NMS), ``float32 (B, 1, H, W)`` on the batch's device. Blended
+    over overlapping tiles and thresholded at 0.5, it is the seed's merge rule on images of any size."""
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        shape = tuple(batch.shape[-2:])
+        maps = [merged_probability(filter_detections(d, score_threshold, nms_iou), shape, mask_threshold)
+                for d in detect(batch)]
+        return torch.from_numpy(np.stack(maps))[:, None].to(batch.device)
+
+    return predict
+
+
 def instance_labels(dets: Detections, shape: tuple[int, int], mask_threshold: float = 0.5,
                     min_size: int = 0) -> np.ndarray:
     """The instance-preserving merge: each detection keeps its own id (1, 2, ... by decreasing

@@ -320,8 +320,7 @@ def predict_instances(
         raise ValueError(f"predict.tta: {predict['tta']} averages probability maps; detections of the instance model "
                          f"{spec['arch']!r} cannot be averaged that way. Set tta: none for this model (or ensemble "
                          "its probability map with other models).")
-    score = predict.get("score_threshold")
-    score = float(spec.get("score_threshold", 0.5) if score is None else score)
+    score = detection_score(spec, predict)
     out = Path(out_dir)
     (out / "instances").mkdir(parents=True, exist_ok=True)
 
@@ -345,6 +344,13 @@ def predict_instances(
         write_labels(out / "instances" / f"{stem}.tif", labels)
         log.info("%s: %dx%d, %d detections, %d kept, %d instances in %.2fs", stem, *shape, len(dets), len(kept),
                  labels.max(), time.perf_counter() - t0)
+
+
+def detection_score(spec: dict[str, Any], predict: dict[str, Any]) -> float:
+    """An instance model's detection score threshold: ``predict.score_threshold``, or when null the
+    one chosen on the validation patches at training (``spec.json``)."""
+    score = predict.get("score_threshold")
+    return float(spec.get("score_threshold", 0.5) if score is None else score)
 
 
 def run_ensemble_predict(member_dirs: list[PathLike], weights: list[float] | None, out_dir: PathLike) -> None:

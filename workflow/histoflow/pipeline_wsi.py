@@ -120,7 +120,10 @@ def run_predict_slide_region(
         torch.backends.cudnn.benchmark = True
         if perf.get("compile"):
             model = torch.compile(model)
-    predictor = tta_predictor(lambda b: torch.sigmoid(model(b)), predict.get("tta", "none"))
+    if getattr(model, "instance_model", False):  # detections -> the seed's merge map, blended like any map
+        predictor = instance_slide_predictor(model, spec, predict, dev)
+    else:
+        predictor = tta_predictor(lambda b: torch.sigmoid(model(b)), predict.get("tta", "none"))
     norm = slide_normalizer(stain_json) if slides["stain"] else None
     out_channels = int(spec.get("kwargs", {}).get("out_channels", 1))
     log.info("region %d/%d: rows %d..%d, tile rows %d..%d, %s", region + 1, len(regions), *reg.rows,
@@ -136,6 +139,28 @@ def run_predict_slide_region(
             attrs={"model": str(model_dir), "threshold": spec.get("threshold", 0.5)},
         )
     return stats
+
+
+def instance_slide_predictor(model, spec: dict[str, Any], predict: dict[str, Any], dev):
+    """An instance model (Mask R-CNN, US-Net) on slide tiles: each tile's merge map of the
+    detections the model's ``predict`` settings keep (:func:`histoflow.detection.merge_map_predictor`).
+    Slides get the ``merge`` rule: the blended map is thresholded and split like a U-Net's."""
+    from .detection import merge_map_predictor
+    from .device import autocast
+    from .pipeline import detection_score
+
+    if predict.get("tta", "none") != "none":
+        raise ValueError(f"predict.tta: {predict['tta']} cannot average the detections of the instance model "
+                         f"{spec['arch']!r}; set tta: none for it")
+    score = detection_score(spec, predict)
+
+    def detect(batch):
+        with autocast(dev):
+            return model.detect(batch, min_score=score)
+
+    log.info("instance model %s on slide tiles: merge map of detections scoring >= %.2f (NMS IoU %.2f, mask "
+             "threshold %.2f)", spec["arch"], score, predict.get("nms_iou", 0.5), predict.get("mask_threshold", 0.3))
+    return merge_map_predictor(detect, score, predict.get("nms_iou", 0.5), predict.get("mask_threshold", 0.3))
 
 
 def run_merge_slide(region_stores: list[PathLike], out_store: PathLike) -> dict[str, Any]:
