@@ -245,11 +245,11 @@ def vote_instances(
         support = float(sum(w[members[i]] for i in objs))
         if support <= vote_fraction + 1e-9:
             continue
-        cover = np.zeros(int(np.prod(shape)), np.float64)
-        for i in objs:
-            cover[pixels[i]] += w[members[i]]
-        mask = np.flatnonzero(cover >= support / 2 - 1e-9)
-        kept.append((support, len(mask), mask))
+        pix, where = np.unique(np.concatenate([pixels[i] for i in objs]), return_inverse=True)
+        cover = np.bincount(where, weights=np.concatenate([np.full(len(pixels[i]), w[members[i]]) for i in objs]))
+        mask = pix[cover >= support / 2 - 1e-9]
+        if len(mask):
+            kept.append((support, len(mask), mask))
     labels = np.zeros(int(np.prod(shape)), np.int32)
     next_id = 1
     for _, _, mask in sorted(kept, key=lambda t: (-t[0], -t[1], int(t[2][0]))):
