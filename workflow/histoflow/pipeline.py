@@ -177,8 +177,8 @@ def run_train(
     train = read_patch_group(store, "train", fields)
     val = read_patch_group(store, "val", fields)
     log.info("training %s (%s, target %s, loss %s) on %s: %d train / %d val patches, %.2f M parameters",
-             model_cfg["arch"], stage, cfg.target, "the model's own" if instance else cfg.loss, dev, len(train["images"]), len(val["images"]),
-             sum(p.numel() for p in model.parameters()) / 1e6)
+             model_cfg["arch"], stage, cfg.target, "the model's own" if instance else cfg.loss, dev,
+             len(train["images"]), len(val["images"]), sum(p.numel() for p in model.parameters()) / 1e6)
     t0 = time.perf_counter()
     # The checkpoint resumes only the same run: same settings and the same input files.
     run_key = {"model": model_cfg, "stage": stage, "inputs": [_fingerprint(store), _fingerprint(init)]}
@@ -379,15 +379,13 @@ def run_ensemble_vote(member_dirs: list[PathLike], weights: list[float] | None, 
     out = Path(out_dir)
     (out / "instances").mkdir(parents=True, exist_ok=True)
     stems = sorted(p.stem for p in Path(member_dirs[0]).glob("*.tif"))
-    counts = []
     for stem in stems:
         maps = [read_image(Path(d) / f"{stem}.tif").astype(np.int64) for d in member_dirs]
         labels, votes = vote_instances(maps, weights, vote_fraction)
         write_image(out / f"{stem}.tif", votes)
         write_labels(out / "instances" / f"{stem}.tif", labels)
-        counts.append((stem, [int(len(np.unique(m)) - 1) for m in maps], int(labels.max())))
-    for stem, found, kept in counts:
-        log.info("%s: members found %s objects, %d kept by the vote", stem, found, kept)
+        log.info("%s: members found %s objects, %d kept by the vote", stem,
+                 [len(np.unique(m)) - 1 for m in maps], labels.max())
     log.info("instance vote of %d members over %d images (objects kept above %.2f of the weight %s)",
              len(member_dirs), len(stems), vote_fraction, weights or "equal")
 
