@@ -314,20 +314,10 @@ def predict_instances(
     import torch
 
     from .detection import detect_tiled, filter_detections, instance_labels, merged_probability
-    from .device import autocast
 
-    if predict.get("tta", "none") != "none":
-        raise ValueError(f"predict.tta: {predict['tta']} averages probability maps; detections of the instance model "
-                         f"{spec['arch']!r} cannot be averaged that way. Set tta: none for this model (or ensemble "
-                         "its probability map with other models).")
-    score = detection_score(spec, predict)
+    detector, score = instance_detector(model, spec, predict, dev)
     out = Path(out_dir)
     (out / "instances").mkdir(parents=True, exist_ok=True)
-
-    def detector(batch: torch.Tensor):
-        with autocast(dev):
-            return model.detect(batch, min_score=score)  # the mask/refine heads skip what is dropped anyway
-
     log.info("detection score threshold %.2f%s, NMS IoU %.2f, mask threshold %.2f", score,
              " (validation-chosen)" if predict.get("score_threshold") is None else "", predict["nms_iou"],
              predict["mask_threshold"])
@@ -346,11 +336,25 @@ def predict_instances(
                  labels.max(), time.perf_counter() - t0)
 
 
-def detection_score(spec: dict[str, Any], predict: dict[str, Any]) -> float:
-    """An instance model's detection score threshold: ``predict.score_threshold``, or when null the
-    one chosen on the validation patches at training (``spec.json``)."""
+def instance_detector(model, spec: dict[str, Any], predict: dict[str, Any], dev):
+    """An instance model's ``detect`` as the image and slide runners call it, and its detection
+    score threshold: ``predict.score_threshold``, or when null the one chosen on the validation
+    patches at training (``spec.json``). The detector runs under autocast and passes the score as
+    ``min_score``, so the mask/refine heads skip what the threshold drops anyway."""
+    from .device import autocast
+
+    if predict.get("tta", "none") != "none":
+        raise ValueError(f"predict.tta: {predict['tta']} averages probability maps; detections of the instance model "
+                         f"{spec['arch']!r} cannot be averaged that way. Set tta: none for this model (or ensemble "
+                         "its probability map with other models).")
     score = predict.get("score_threshold")
-    return float(spec.get("score_threshold", 0.5) if score is None else score)
+    score = float(spec.get("score_threshold", 0.5) if score is None else score)
+
+    def detect(batch):
+        with autocast(dev):
+            return model.detect(batch, min_score=score)
+
+    return detect, score
 
 
 def run_ensemble_predict(member_dirs: list[PathLike], weights: list[float] | None, out_dir: PathLike) -> None:

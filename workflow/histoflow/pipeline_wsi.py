@@ -146,18 +146,9 @@ def instance_slide_predictor(model, spec: dict[str, Any], predict: dict[str, Any
     detections the model's ``predict`` settings keep (:func:`histoflow.detection.merge_map_predictor`).
     Slides get the ``merge`` rule: the blended map is thresholded and split like a U-Net's."""
     from .detection import merge_map_predictor
-    from .device import autocast
-    from .pipeline import detection_score
+    from .pipeline import instance_detector
 
-    if predict.get("tta", "none") != "none":
-        raise ValueError(f"predict.tta: {predict['tta']} cannot average the detections of the instance model "
-                         f"{spec['arch']!r}; set tta: none for it")
-    score = detection_score(spec, predict)
-
-    def detect(batch):
-        with autocast(dev):
-            return model.detect(batch, min_score=score)
-
+    detect, score = instance_detector(model, spec, predict, dev)
     log.info("instance model %s on slide tiles: merge map of detections scoring >= %.2f (NMS IoU %.2f, mask "
              "threshold %.2f)", spec["arch"], score, predict.get("nms_iou", 0.5), predict.get("mask_threshold", 0.3))
     return merge_map_predictor(detect, score, predict.get("nms_iou", 0.5), predict.get("mask_threshold", 0.3))

@@ -609,8 +609,11 @@ def train_instances(
     has_val = val_data is not None and len(val_data["images"]) > 0
     val_found: list = []  # the detections of the last validation, reused to choose the threshold
 
+    def detect_val() -> list:  # down to the lowest threshold the final choice considers
+        return detect_patches(model, val_data["images"], device, cfg.batch_size, min(SCORE_THRESHOLDS))
+
     def validate() -> dict[str, float]:
-        val_found[:] = detect_patches(model, val_data["images"], device, cfg.batch_size, min(SCORE_THRESHOLDS))
+        val_found[:] = detect_val()
         scores = validate_instances(val_found, val_data["labels"], (0.5,))
         return {"val_aji": scores[0.5]["aji"], "val_dice": scores[0.5]["dice"]}
 
@@ -619,7 +622,7 @@ def train_instances(
     result: dict[str, Any] = {"history": history, "score_threshold": 0.5, "val_aji": float("nan"),
                               "val_dice": float("nan")}
     if has_val:
-        found = val_found or detect_patches(model, val_data["images"], device, cfg.batch_size, min(SCORE_THRESHOLDS))
+        found = val_found or detect_val()
         scores = validate_instances(found, val_data["labels"], SCORE_THRESHOLDS)
         best = max(SCORE_THRESHOLDS, key=lambda t: (scores[t]["aji"], -abs(t - 0.5)))
         result.update(score_threshold=best, val_aji=scores[best]["aji"], val_dice=scores[best]["dice"])
