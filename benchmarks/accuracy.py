@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "workflow"))
 from histoflow.config import validate_config  # noqa: E402
 from histoflow.datasets import resolve_datasets  # noqa: E402
 from histoflow.io import read_json, write_json  # noqa: E402
-from histoflow.report import model_timing  # noqa: E402
+from histoflow.stages.report import model_timing  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "accuracy.json"
 

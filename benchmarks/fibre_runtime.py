@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow"))
 
 from _bench import device_name  # noqa: E402
 
-from histoflow.demo import FibreParams, make_fibre_image  # noqa: E402
 from histoflow.device import prepare_model, resolve_device  # noqa: E402
 from histoflow.models import build_model  # noqa: E402
+from histoflow.synthetic.fibres import FibreParams, make_fibre_image  # noqa: E402
 from histoflow.tiling import predict_tiled  # noqa: E402
 
 # (rows, cols) in base units for 1x ... 9x the base area

@@ -60,11 +60,11 @@ def load_images() -> tuple[str, np.ndarray, list[tuple[str, np.ndarray]]]:
                 return np.ascontiguousarray(np.asarray(im.convert("RGB")))
 
         return "real (GlaS + MoNuSeg)", read(TARGET), [(Path(s).stem, read(s)) for s in SOURCES]
-    from histoflow.demo import FibreParams, make_fibre_image
+    from histoflow.synthetic.fibres import FibreParams, make_fibre_image
 
     target, _ = make_fibre_image(0, FibreParams(size=(522, 775)))
     sources = [(f"synthetic_{i}", make_fibre_image(i, FibreParams(size=(768, 768)))[0]) for i in range(1, 5)]
-    return "synthetic (histoflow.demo)", target, sources
+    return "synthetic (histoflow.synthetic.fibres)", target, sources
 
 
 def best_of(fn: Callable[[], Any], repeats: int, sync: Callable[[], None] | None = None) -> float:

@@ -8,7 +8,7 @@ For every trained model of the run (``--models``, default every binary model) an
 ``--ensemble`` members (default: those models; members must predict the same target), every test dataset and every TTA setting, the test images are predicted again with the
 model's own ``predict`` block but that ``tta``, post-processed with the run's ``postprocess`` block
 and the model's validation-chosen threshold, and scored by the workflow's evaluation
-(:func:`histoflow.pipeline.run_evaluate`). Nothing is chosen here: the trained models, thresholds
+(:func:`histoflow.stages.evaluate.run_evaluate`). Nothing is chosen here: the trained models, thresholds
 and post-processing are those the workflow chose on the training split, so each test image is only
 scored. Writes its scratch outputs under ``<results>/tta_ensemble/`` and prints a markdown table;
 the JSON holds every figure with the config files, device and date.
@@ -29,10 +29,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from histoflow import pipeline  # noqa: E402
 from histoflow.config import validate_config  # noqa: E402
 from histoflow.datasets import resolve_datasets  # noqa: E402
 from histoflow.io import read_json, write_json  # noqa: E402
+from histoflow.stages.evaluate import run_evaluate  # noqa: E402
+from histoflow.stages.postprocess import run_postprocess  # noqa: E402
+from histoflow.stages.predict import run_ensemble_predict, run_ensemble_spec, run_predict  # noqa: E402
 
 FIGURES = ("object_f1_pooled", "object_dice_pooled", "object_hausdorff_pooled", "aji_mean", "pq_mean", "pixel_f1_mean")
 
@@ -60,8 +62,8 @@ def score(config: dict[str, Any], results: Path, spec_json: Path, pred: Path, da
           out: Path) -> dict[str, float]:
     """Post-process the probability maps in ``pred`` and evaluate them; returns the summary."""
     inst = out / "instances"
-    pipeline.run_postprocess(pred, spec_json, config["postprocess"], inst, results / "normalized" / dataset)
-    return pipeline.run_evaluate(inst, ds, out / "metrics.tsv", out / "summary.json", pred)
+    run_postprocess(pred, spec_json, config["postprocess"], inst, results / "normalized" / dataset)
+    return run_evaluate(inst, ds, out / "metrics.tsv", out / "summary.json", pred)
 
 
 def run(config: dict[str, Any], tta: list[str], members: list[str] | None, device: str,
@@ -81,7 +83,7 @@ def run(config: dict[str, Any], tta: list[str], members: list[str] | None, devic
             for m in binary:
                 out = results / "tta_ensemble" / m / setting / dataset
                 predict = {**config["models"][m]["predict"], "tta": setting}
-                pipeline.run_predict(results / "models" / m, results / "normalized" / dataset, d.test, predict, device,
+                run_predict(results / "models" / m, results / "normalized" / dataset, d.test, predict, device,
                                      out / "predictions")
                 preds[m] = out / "predictions"
                 summary = score(config, results, results / "models" / m / "spec.json", out / "predictions", dataset,
@@ -91,8 +93,8 @@ def run(config: dict[str, Any], tta: list[str], members: list[str] | None, devic
             if len(members) > 1:
                 name = "+".join(members)
                 out = results / "tta_ensemble" / name / setting / dataset
-                pipeline.run_ensemble_predict([preds[m] for m in members], None, out / "predictions")
-                pipeline.run_ensemble_spec([results / "models" / m / "spec.json" for m in members], members, None,
+                run_ensemble_predict([preds[m] for m in members], None, out / "predictions")
+                run_ensemble_spec([results / "models" / m / "spec.json" for m in members], members, None,
                                            out / "spec.json")
                 summary = score(config, results, out / "spec.json", out / "predictions", dataset, ds, out)
                 rows.append({"model": name, "tta": setting, "dataset": dataset, **{k: summary.get(k) for k in FIGURES}})

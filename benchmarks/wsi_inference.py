@@ -89,7 +89,7 @@ def sync(device: str) -> None:
 
 def slide_file(workdir: Path, size: int) -> Path:
     """The synthetic slide of ``size``² pixels (made once, then reused)."""
-    from histoflow.wsi import write_synthetic_slide
+    from histoflow.synthetic.slides import write_synthetic_slide
 
     path = workdir / f"slide_{size}.tif"
     if not path.exists():
@@ -101,8 +101,8 @@ def slide_file(workdir: Path, size: int) -> Path:
 
 
 def fitted_normalizer():
-    from histoflow.demo import FibreParams, make_fibre_image
     from histoflow.stain import get_normalizer
+    from histoflow.synthetic.fibres import FibreParams, make_fibre_image
     from histoflow.wsi import cpu_normalizer
 
     target, _ = make_fibre_image(123, FibreParams(size=(512, 512)))
@@ -294,7 +294,8 @@ def scaling(args: argparse.Namespace) -> dict[str, Any]:
     """predict_slide on in-memory images of 1x .. 9x a base area (same model, every tile run)."""
     import torch
 
-    from histoflow.wsi import Slide, _texture_bank, predict_slide, synthetic_slide_region
+    from histoflow.synthetic.slides import synthetic_slide_region, texture_bank
+    from histoflow.wsi import Slide, predict_slide
 
     device = args.device
     model = build(args.model, device)
@@ -304,7 +305,7 @@ def scaling(args: argparse.Namespace) -> dict[str, Any]:
     def predictor(x):
         return torch.sigmoid(model(x))
 
-    bank = _texture_bank(4, 512, 0)
+    bank = texture_bank(4, 512, 0)
     base = args.scaling_base
     rows = []
     work = Path(args.workdir)

@@ -10,8 +10,8 @@ import yaml
 
 from histoflow.config import ConfigError, fill_defaults, load_schema, validate_config
 from histoflow.datasets import resolve_dataset, resolve_datasets, split_test
-from histoflow.demo import demo_stems
 from histoflow.io import InputError
+from histoflow.synthetic.fibres import demo_stems
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Tests of histoflow.demo: the synthetic H&E muscle fibre generator (the pipeline's ground truth)."""
+"""Tests of histoflow.synthetic.fibres: the synthetic H&E muscle fibre generator (the pipeline's ground truth)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from histoflow.demo import FibreParams, _image_seed, demo_stems, make_demo_dataset, make_fibre_image
+from histoflow.synthetic.fibres import (
+    FibreParams,
+    _image_seed,
+    demo_stems,
+    make_demo_dataset,
+    make_fibre_image,
+)
 
 SEEDS = (0, 1, 2)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from histoflow import pipeline
+import histoflow.train
 from histoflow.models import build_model
 from histoflow.tiling import predict_tiled
 from histoflow.train import TrainConfig
@@ -47,21 +47,19 @@ def test_training_restarts_with_half_batch_on_oom(monkeypatch, tmp_path):
             raise torch.cuda.OutOfMemoryError("simulated")
         return {"history": [], "threshold": 0.5, "val_dice": 1.0}
 
-    import histoflow.train
-
     monkeypatch.setattr(histoflow.train, "train_model", fake_train_model)
     model = build_model("unet", base_width=4, depth=2)
     before = next(model.parameters()).detach().clone()
     cfg = TrainConfig(batch_size=8)
-    pipeline.train_with_oom_fallback(model, {}, {}, cfg, torch.device("cpu"), tmp_path / "c.pt", {})
+    histoflow.train.train_with_oom_fallback(model, {}, {}, cfg, torch.device("cpu"), tmp_path / "c.pt", {})
     assert seen == [8, 4, 2] and cfg.batch_size == 2
     torch.testing.assert_close(next(model.parameters()).detach(), before + 1.0)  # one step from the init
 
 
 @pytest.mark.slow
 def test_corrupt_image_fails_with_its_name_and_leaves_no_output(tmp_path):
-    from histoflow.demo import make_fibre_image
     from histoflow.io import write_image
+    from histoflow.synthetic.fibres import make_fibre_image
     from test_workflow import TINY, smk, write_config
 
     for d in ("imgs", "masks"):

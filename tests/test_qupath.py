@@ -8,7 +8,6 @@ import logging
 import numpy as np
 import pytest
 
-from histoflow.demo import make_fibre_image
 from histoflow.io import InputError
 from histoflow.qupath import (
     SCRIBBLE_CLASSES,
@@ -18,6 +17,7 @@ from histoflow.qupath import (
     rasterize_annotations,
     read_annotations,
 )
+from histoflow.synthetic.fibres import make_fibre_image
 
 
 @pytest.fixture(scope="module")

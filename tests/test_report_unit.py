@@ -1,4 +1,4 @@
-"""Unit tests for histoflow.report's array and plotting helpers (the full report is tested by the workflow)."""
+"""Unit tests for the figures (histoflow.figures) and the report stage's tables (the full report is tested by the workflow)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from histoflow.report import error_overlay, model_timing, plot_history, reference_section, reference_table
+from histoflow.figures import error_overlay, plot_history
+from histoflow.stages.report import model_timing, reference_section, reference_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -26,7 +26,7 @@ TRAIN = """
 import sys, torch
 sys.path.insert(0, {workflow!r})
 torch.set_num_threads(1)
-from histoflow.pipeline import run_train
+from histoflow.stages.train import run_train
 cfg = {{"arch": "unet", "params": {{"base_width": 4, "depth": 2}},
         "train": {{"epochs": 12, "batch_size": 2, "lr": 0.01}}}}
 run_train({store!r}, cfg, seed=0, device="cpu", out_dir={out!r})

@@ -137,7 +137,7 @@ def test_reinhard_matches_target_lab_statistics(image_a: np.ndarray, image_b: np
 
 def test_reinhard_tissue_only_uses_tissue_statistics(image_a: np.ndarray) -> None:
     norm = stain.ReinhardNormalizer(tissue_only=True).fit(image_a)
-    mask = stain.tissue_mask(image_a)
+    mask = stain.luminosity_tissue_mask(image_a)
     lab = color.rgb2lab(image_a)[mask]
     fitted = norm.to_dict()["fitted"]
     # LAB is computed in float32 (statistics accumulated in float64): float32 precision
@@ -148,18 +148,18 @@ def test_reinhard_tissue_only_uses_tissue_statistics(image_a: np.ndarray) -> Non
 def test_fast_lab_matches_skimage() -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (50_000, 3), dtype=np.uint8)
     rgb[:256] = np.arange(256, dtype=np.uint8)[:, None]  # greys, black and white included
-    lab = np.stack(stain._lab32(rgb), axis=1)
+    lab = np.stack(stain.colour._lab32(rgb), axis=1)
     expected = color.rgb2lab(rgb[None])[0]
     np.testing.assert_allclose(lab, expected, atol=2e-3)  # LAB units
     out = np.empty_like(rgb)
-    stain._lab32_to_rgb(*(lab[:, c].copy() for c in range(3)), out=out)
+    stain.colour._lab32_to_rgb(*(lab[:, c].copy() for c in range(3)), out=out)
     assert np.abs(out.astype(int) - rgb).max() <= 1  # round trip, 8-bit
     shifted = expected + [5.0, -20.0, 30.0]  # partly out of gamut: clipped like skimage
     shifted[:, 0] = np.clip(shifted[:, 0], 0, 100)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = np.clip(np.rint(color.lab2rgb(shifted[None])[0] * 255), 0, 255)
-    stain._lab32_to_rgb(*(shifted[:, c].astype(np.float32) for c in range(3)), out=out)
+    stain.colour._lab32_to_rgb(*(shifted[:, c].astype(np.float32) for c in range(3)), out=out)
     assert np.abs(out.astype(int) - ref).max() <= 1
 
 
@@ -339,7 +339,7 @@ def test_get_normalizer_names_and_params() -> None:
 
 
 def test_tissue_mask_and_luminosity(image_a: np.ndarray) -> None:
-    mask = stain.tissue_mask(image_a)
+    mask = stain.luminosity_tissue_mask(image_a)
     assert mask.dtype == bool and mask.shape == image_a.shape[:2]
     assert not mask[:5, :5].any() and mask[64, 64]
     dim = np.rint(image_a * 0.85).astype(np.uint8)  # background ~217 instead of ~255
@@ -347,7 +347,7 @@ def test_tissue_mask_and_luminosity(image_a: np.ndarray) -> None:
     assert fixed.shape == dim.shape and fixed.dtype == np.uint8
     assert fixed[:5, :5].mean() > 250
     with pytest.raises(ValueError, match="luminosity_threshold"):
-        stain.tissue_mask(image_a, luminosity_threshold=0)
+        stain.luminosity_tissue_mask(image_a, luminosity_threshold=0)
 
 
 # ---- Vahadane ------------------------------------------------------------------------------
@@ -397,11 +397,11 @@ def _nn_lasso_reference(b: np.ndarray, gram: np.ndarray) -> np.ndarray:
 def test_nn_lasso_closed_form_is_exact(g01: float) -> None:
     gram = np.array([[1.2, g01], [g01, 0.8]])
     b = np.random.default_rng(0).normal(0, 1, (500, 2))
-    c0, c1 = stain._nn_lasso_2(b[:, 0].copy(), b[:, 1].copy(), gram, np)
+    c0, c1 = stain.kernels._nn_lasso_2(b[:, 0].copy(), b[:, 1].copy(), gram, np)
     expected = _nn_lasso_reference(b, gram)
     np.testing.assert_allclose(np.stack([c0, c1], 1), expected, atol=1e-12)
     if g01 >= 0:  # the transform's in-place variant
-        c0, c1 = stain._nn_lasso_2_inplace(b[:, 0].copy(), b[:, 1].copy(), gram)
+        c0, c1 = stain.kernels._nn_lasso_2_inplace(b[:, 0].copy(), b[:, 1].copy(), gram)
         np.testing.assert_allclose(np.stack([c0, c1], 1), expected, atol=1e-12)
 
 
@@ -413,14 +413,14 @@ def test_vahadane_dictionary_learning_is_deterministic_and_decreases_objective(i
     def objective(atoms: np.ndarray) -> float:
         w = atoms / np.maximum(np.linalg.norm(atoms, axis=1, keepdims=True), 1.0)
         b = od @ w.T - 0.1
-        h = np.stack(stain._nn_lasso_2(b[:, 0], b[:, 1], w @ w.T, np), 1)
+        h = np.stack(stain.kernels._nn_lasso_2(b[:, 0], b[:, 1], w @ w.T, np), 1)
         return float(0.5 * np.sum((od - h @ w) ** 2) + 0.1 * h.sum())
 
-    one, n_one = stain._dictionary_learning_2(od, init, 0.1, 1, 1e-9)
-    many, n_many = stain._dictionary_learning_2(od, init, 0.1, 300, 1e-7)
+    one, n_one = stain.matrix._dictionary_learning_2(od, init, 0.1, 1, 1e-9)
+    many, n_many = stain.matrix._dictionary_learning_2(od, init, 0.1, 300, 1e-7)
     assert n_one == 1 and 1 < n_many < 300
     assert objective(many) <= objective(one) <= objective(init)
-    again, _ = stain._dictionary_learning_2(od, init, 0.1, 300, 1e-7)
+    again, _ = stain.matrix._dictionary_learning_2(od, init, 0.1, 300, 1e-7)
     np.testing.assert_array_equal(again, many)
 
 
@@ -454,7 +454,7 @@ def test_torch_backend_matches_numpy(method: str, image_a: np.ndarray, image_b: 
 
 @pytest.fixture(scope="module")
 def slide() -> np.ndarray:
-    from histoflow.demo import FibreParams, make_fibre_image
+    from histoflow.synthetic.fibres import FibreParams, make_fibre_image
 
     image, _ = make_fibre_image(3, FibreParams(size=(1024, 1536)))
     return image

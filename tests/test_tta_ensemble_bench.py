@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import yaml
 
-from histoflow.demo import FibreParams, make_fibre_image
 from histoflow.io import write_image, write_json
 from histoflow.models import build_model, save_model
+from histoflow.synthetic.fibres import FibreParams, make_fibre_image
 
 REPO = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("bench_tta", REPO / "benchmarks" / "tta_ensemble.py")

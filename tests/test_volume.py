@@ -1,4 +1,4 @@
-"""Tests of histoflow.volume: synthetic organ stacks, scribbles, stack I/O, summaries and views."""
+"""Tests of histoflow.volume (stack I/O, summaries, views), histoflow.scribbles and the synthetic organ stacks."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import tifffile
 from scipy import ndimage as ndi
 
 from histoflow.io import InputError
+from histoflow.scribbles import make_scribbles, read_scribbles
+from histoflow.synthetic.organs import make_organ_stack
 from histoflow.volume import (
-    make_organ_stack,
-    make_scribbles,
     orthogonal_views,
-    read_scribbles,
     read_stack,
     stack_slice_names,
     volume_summary,

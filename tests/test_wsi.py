@@ -17,6 +17,7 @@ import torch
 from histoflow import wsi
 from histoflow.io import InputError, write_image
 from histoflow.models import build_model
+from histoflow.synthetic.slides import write_synthetic_slide
 from histoflow.tiling import predict_tiled
 
 MPP = 0.5
@@ -26,7 +27,7 @@ MPP = 0.5
 def slide_path(tmp_path_factory):
     """A 600 x 440 synthetic H&E slide, JPEG tiles, 3 levels (downsample 1, 2, 4), 0.5 µm/px."""
     path = tmp_path_factory.mktemp("slide") / "slide.tif"
-    return wsi.write_synthetic_slide(path, 600, 440, mpp=MPP, levels=3, tile=128, texture_size=128, n_textures=2)
+    return write_synthetic_slide(path, 600, 440, mpp=MPP, levels=3, tile=128, texture_size=128, n_textures=2)
 
 
 @pytest.fixture(scope="module")
@@ -369,7 +370,7 @@ def test_limit_malloc_retention_runs():
     import subprocess
 
     code = "from histoflow.wsi import limit_malloc_retention as f; print(f())"  # process-wide: not in this one
-    env = {**os.environ, "PYTHONPATH": str(Path(wsi.__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(wsi.__file__).resolve().parents[2])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.strip()
     assert out == str(platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
 
@@ -560,7 +561,7 @@ def test_blockwise_instances_equal_whole_image_postprocessing(tmp_path):
 
     for f in feats[:10]:
         lab = int(f["properties"]["metadata"]["label"])
-        geom = {**f["geometry"], "coordinates": wsi._scale_coords(f["geometry"]["coordinates"], 0.5)}
+        geom = {**f["geometry"], "coordinates": wsi.outputs._scale_coords(f["geometry"]["coordinates"], 0.5)}
         np.testing.assert_array_equal(geometry_mask(geom, prob.shape), got == lab)
 
 

@@ -21,12 +21,13 @@ import yaml
 from histoflow import wsi
 from histoflow.config import validate_config
 from histoflow.models import build_model, save_model
-from histoflow.pipeline_wsi import (
+from histoflow.stages.wsi import (
     run_merge_slide,
     run_predict_slide_region,
     run_slide_outputs,
     run_slide_tissue,
 )
+from histoflow.synthetic.slides import write_synthetic_slide
 from test_workflow import TINY, planned_jobs, smk, write_config
 from test_wsi import GEOJSON_SCHEMA
 
@@ -39,7 +40,7 @@ SLIDES = {
 
 
 def make_slide(path: Path) -> Path:
-    return wsi.write_synthetic_slide(path, *SLIDE_SHAPE, mpp=0.5, levels=3, tile=128, texture_size=128,
+    return write_synthetic_slide(path, *SLIDE_SHAPE, mpp=0.5, levels=3, tile=128, texture_size=128,
                                      n_textures=2)
 
 
@@ -227,7 +228,7 @@ def test_slide_workflow_outputs_read_back(slide_run):
     tissue = json.loads((slide_run / "results/slides/syn/tissue.json").read_text())
     assert 0 < tissue["grid"]["tiles_tissue"] < tissue["grid"]["tiles_total"]
     # the merged regions equal one job over the whole slide with the trained model
-    from histoflow.pipeline_wsi import run_predict_slide_region as single
+    from histoflow.stages.wsi import run_predict_slide_region as single
 
     slides = validate_config(yaml.safe_load((slide_run / "config.yaml").read_text()))["slides"]
     threads = torch.get_num_threads()

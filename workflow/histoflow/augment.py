@@ -18,8 +18,11 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .stain.colour import RGB_FROM_HED
 
 
 @dataclass(frozen=True)
@@ -255,8 +258,8 @@ def intensity(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.
     return x.clamp(0, 1)
 
 
-# Ruifrok-Johnston H&E optical-density vectors and their residual, for the stain perturbation.
-_HE = torch.tensor([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
+# Ruifrok-Johnston H, E and DAB optical-density vectors (the DAB row completes the basis), for the stain perturbation.
+_HE = torch.tensor(RGB_FROM_HED, dtype=torch.float32)
 
 
 def _stain_jitter(x: torch.Tensor, on: torch.Tensor, sigma: float, g: torch.Generator) -> torch.Tensor:
@@ -285,3 +288,17 @@ def _hue_rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
                        torch.stack([zero, s, c], 1)], 1)  # (N, 3, 3)
     mat = rgb @ rot @ yiq
     return torch.einsum("nij,njhw->nihw", mat, x)
+
+
+def augmentation_examples(
+    images: np.ndarray, target: np.ndarray, spec: Any, seed: int, n: int = 6, labels: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` training patches as training augments them (``spec``: ``train.augment``), with
+    their target: ``uint8 (n, H, W, 3)`` images and ``(n, H, W)`` targets (``labels``: the target is an
+    instance label map, moved as integers), for the figure that shows a user what the model trained on."""
+    k = min(n, len(images))
+    x = torch.from_numpy(np.ascontiguousarray(images[:k])).permute(0, 3, 1, 2).float() / 255.0
+    y = torch.from_numpy(target[:k])[:, None]
+    y = y.long() if labels else y.float()
+    xa, (ya,) = augment(x, [y], augment_config(spec), torch.Generator().manual_seed(seed))
+    return (xa.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), ya[:, 0].numpy()

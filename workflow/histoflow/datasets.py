@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .demo import demo_stems
 from .io import InputError, list_stems
+from .synthetic.fibres import demo_stems
 
 
 @dataclass

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -283,3 +284,25 @@ def detect_tiled(
 def _chunks(items: list, n: int) -> Iterator[list]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
+
+
+def instance_detector(model, spec: dict[str, Any], predict: dict[str, Any], dev):
+    """An instance model's ``detect`` as the image and slide runners call it, and its detection
+    score threshold: ``predict.score_threshold``, or when null the one chosen on the validation
+    patches at training (``spec.json``). The detector runs under autocast and passes the score as
+    ``min_score``, so the mask/refine heads skip what the threshold drops anyway."""
+    from .device import autocast
+
+
+    if predict.get("tta", "none") != "none":
+        raise ValueError(f"predict.tta: {predict['tta']} averages probability maps; detections of the instance model "
+                         f"{spec['arch']!r} cannot be averaged that way. Set tta: none for this model (or ensemble "
+                         "its probability map with other models).")
+    score = predict.get("score_threshold")
+    score = float(spec.get("score_threshold", 0.5) if score is None else score)
+
+    def detect(batch):
+        with autocast(dev):
+            return model.detect(batch, min_score=score)
+
+    return detect, score

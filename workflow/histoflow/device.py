@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -47,3 +52,36 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda" and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def load_for_inference(model_dir: str | os.PathLike[str], device: str = "auto") -> tuple[torch.nn.Module, dict[str, Any], torch.device]:
+    """A trained model folder (``model.pt`` + ``spec.json``) ready for inference on ``device``
+    (:func:`resolve_device`; channels_last on CUDA): ``(model, spec, device)``."""
+    from .models import load_model
+
+    dev = resolve_device(device)
+    model, spec = load_model(Path(model_dir), dev)
+    return prepare_model(model, dev), spec, dev
+
+
+def retry_halving_on_oom(
+    fn: Callable[[int], T], batch_size: int, message: str, on_retry: Callable[[], None] | None = None
+) -> tuple[T, int]:
+    """``fn(batch_size)``, called again with half the batch size on CUDA out-of-memory.
+
+    Returns the result and the batch size that worked (callers that run many batches keep it).
+    With a batch of one still out of memory, raises ``RuntimeError(message)``: ``message`` names the
+    setting to lower. ``on_retry`` runs before each retry (e.g. to roll back a partial step).
+    """
+    while True:
+        try:
+            return fn(batch_size), batch_size
+        except torch.cuda.OutOfMemoryError:
+            if batch_size <= 1:
+                raise RuntimeError(message) from None
+            batch_size = max(batch_size // 2, 1)
+            log.warning("out of GPU memory: retrying with batch_size=%d", batch_size)
+            if on_retry is not None:
+                on_retry()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +27,24 @@ class InputError(ValueError):
     """Bad input data: the message names the file and says how to fix it."""
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (os.umask sets it while reading)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it onto ``path`` atomically.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. The finished
+    file gets the mode a plain ``open(path, "w")`` would give it (0666 less the umask), not the
+    0600 of a temporary file, so colleagues sharing a results folder can read it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,10 +53,39 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path`` (e.g. a zarr store); on success it replaces
+    ``path``, on an exception it is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -150,3 +193,8 @@ def list_stems(folder: str | os.PathLike[str], suffixes: tuple[str, ...] = IMAGE
                 raise InputError(f"{folder}: two files share the stem {p.stem!r} ({found[p.stem].name}, {p.name}).")
             found[p.stem] = p
     return found
+
+
+def write_labels(path: str | os.PathLike[str], labels: np.ndarray) -> None:
+    """An instance label image as TIFF: uint16, or uint32 past 65535 objects."""
+    write_image(path, labels.astype(np.uint16 if labels.max() < 65536 else np.uint32))

@@ -20,10 +20,12 @@ of each patch (``stems``, ``origins``).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -270,3 +272,58 @@ def read_store_attrs(path: str | os.PathLike[str]) -> dict:
     """The patch store's file attributes (``patch_size``, ``boundary_width``, ...)."""
     with h5py.File(Path(path), "r") as f:
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+
+
+def extract_dataset_patches(
+    datasets: dict[str, dict[str, Any]],
+    normalized_dirs: dict[str, str | os.PathLike[str]],
+    patches: dict[str, Any],
+    seed: int,
+    out_store: str | os.PathLike[str],
+    classes: list[str] | None = None,
+) -> tuple[dict[str, int], dict[str, list[tuple[str, str]]]]:
+    """Split each dataset's training images into train/val and write all their patches to the HDF5 store
+    ``out_store``; returns the patch counts and the ``(dataset, stem)`` pairs of each role.
+
+    ``normalized_dirs`` maps each dataset to the folder of its normalized ``<stem>.png`` images.
+
+    With ``classes`` (a multi-class workflow) the masks are class masks; their per-class components
+    are the instance labels behind the boundary and contour-aware weight maps."""
+    from .io import read_rgb
+    from .semantic import class_instances, read_truth
+
+    rng = np.random.default_rng(seed)
+    roles: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
+    for name, d in datasets.items():
+        train, val = split_stems(d["train"], patches["val_fraction"], seed)
+        roles["train"] += [(name, s) for s in train]
+        roles["val"] += [(name, s) for s in val]
+
+    def patches_of(items: list[tuple[str, str]], mode: str):
+        for name, stem in items:
+            d = datasets[name]
+            image = read_rgb(Path(normalized_dirs[name]) / f"{stem}.png")
+            truth = read_truth(d, stem, classes)
+            labels = class_instances(truth) if classes else truth
+            if image.shape[:2] != labels.shape:
+                raise ValueError(
+                    f"{d['masks'][stem]}: mask is {labels.shape} but its image {d['images'][stem]} is "
+                    f"{image.shape[:2]}; masks must have the same size as their images."
+                )
+            yield from extract_patches(
+                image, labels, f"{name}/{stem}", patches["size"], mode=mode, n_random=patches["per_image"],
+                overlap=patches["overlap"], rng=rng, boundary_width=patches["boundary_width"],
+                weight_w0=patches["weight_w0"], weight_sigma=patches["weight_sigma"],
+                distance_w0=patches["distance_w0"], distance_sigma=patches["distance_sigma"],
+                classes=truth if classes else None,
+            )
+
+    # Validation always uses the grid, so its score does not depend on random crops.
+    counts = write_patch_store(
+        out_store,
+        {"train": patches_of(roles["train"], patches["mode"]), "val": patches_of(roles["val"], "grid")},
+        patches["size"],
+        attrs={"boundary_width": patches["boundary_width"], "classes": json.dumps(list(classes or []))},
+    )
+    return counts, roles
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -258,3 +259,13 @@ def vote_instances(
             labels[free] = next_id
             next_id += 1
     return labels.reshape(shape), votes.reshape(shape).astype(np.float32)
+
+
+def instance_growth(spec: dict[str, Any]) -> int:
+    """How far instances are grown after thresholding: the boundary width for a model of object
+    interiors, else 0. A model of boundaries alone cannot give instances."""
+    target = spec.get("target", "masks")
+    if target == "boundaries":
+        raise ValueError(f"model {spec.get('arch')!r} was trained on target boundaries, which gives no objects: "
+                         "evaluate a model trained on masks or interiors (e.g. stage 2 of a two-stage model)")
+    return int(spec.get("boundary_width", 1)) if target == "interiors" else 0

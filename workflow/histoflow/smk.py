@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +31,12 @@ def run_logged(snakemake: Any, fn: Callable[[], Any]) -> Any:
 
 
 def torch_threads(n: int) -> None:
-    if "torch" in sys.modules or n:
-        import torch
-
-        torch.set_num_threads(max(int(n), 1))
+    """Give torch the job's ``threads:`` without importing it: most rules never use torch, and its
+    import costs seconds and hundreds of MB. Already imported, it is told directly; otherwise
+    ``OMP_NUM_THREADS`` (which Snakemake already sets to the job's threads) sizes its thread pool
+    when a stage imports it."""
+    n = max(int(n or 1), 1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", str(n))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .device import autocast, to_device
+from .device import autocast, retry_halving_on_oom, to_device
 
 log = logging.getLogger(__name__)
 
@@ -178,21 +178,15 @@ def predict_tiled(
     bar = tqdm(total=len(coords), desc="tiles", unit="tile", disable=not progress, mininterval=5)
     start = 0
     while start < len(coords):
-        batch_coords = coords[start : start + batch_size]
-        batch = torch.stack([x[:, y : y + th + 2 * context, xx : xx + tw + 2 * context] for y, xx in batch_coords])
-        try:
+        def run(n: int, start: int = start) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
+            batch_coords = coords[start : start + n]
+            batch = torch.stack([x[:, y : y + th + 2 * context, xx : xx + tw + 2 * context] for y, xx in batch_coords])
             with torch.inference_mode(), autocast(device):
-                out = predictor(to_device(batch, device))
-        except torch.cuda.OutOfMemoryError:
-            if batch_size == 1:
-                raise RuntimeError(
-                    f"out of GPU memory with one {tile}x{tile} tile: lower predict.tile in config.yaml"
-                ) from None
-            batch_size = max(batch_size // 2, 1)
-            log.warning("out of GPU memory: retrying with batch_size=%d", batch_size)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            continue
+                return batch_coords, batch, predictor(to_device(batch, device))
+
+        (batch_coords, batch, out), batch_size = retry_halving_on_oom(
+            run, batch_size, f"out of GPU memory with one {tile}x{tile} tile: lower predict.tile in config.yaml"
+        )
         out = out.float().cpu()
         if out.shape[-2:] != (th, tw):
             raise ValueError(f"predictor changed the tile size: {tuple(batch.shape)} -> {tuple(out.shape)}")

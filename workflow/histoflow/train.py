@@ -702,3 +702,28 @@ def write_history_tsv(history: list[dict[str, float]], path: str | os.PathLike[s
 
     with atomic_path(path) as tmp:
         pd.DataFrame(history).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+
+
+def train_with_oom_fallback(model, train, val, cfg, dev, checkpoint: Path, run_key: Any, train_fn=None):
+    """``train_fn`` (default :func:`train_model`), restarted from the initial weights with half the
+    batch size on CUDA out-of-memory.
+
+    A job that asked for too large a batch still finishes (more slowly, with a warning in its log)
+    instead of failing after the queue wait; ``cfg.batch_size`` is updated to the size that worked.
+    """
+    import copy
+
+    from .device import retry_halving_on_oom
+
+    train_fn = train_fn or train_model
+    initial = copy.deepcopy(model.state_dict())
+
+    def attempt(batch_size: int) -> dict[str, Any]:
+        cfg.batch_size = batch_size
+        return train_fn(model, train, val, cfg, dev, checkpoint, run_key=run_key)
+
+    result, _ = retry_halving_on_oom(
+        attempt, cfg.batch_size, "out of GPU memory with batch_size=1: lower patches.size or the model width",
+        on_retry=lambda: model.load_state_dict(initial),
+    )
+    return result

@@ -117,7 +117,7 @@ def volume_data(wildcards):
 
 
 def volume_dirs(wildcards):
-    from histoflow.pipeline_volume import stack_paths
+    from histoflow.volume import stack_paths
 
     return stack_paths(config["volumes"][wildcards.volume], f"{RESULTS}/volumes/{wildcards.volume}/data")
 

@@ -19,3 +19,23 @@ rule extract_patches:
         ENV
     script:
         "../scripts/extract_patches.py"
+
+
+rule volume_patches:
+    """Training patches from the labelled training stack."""
+    input:
+        volume_data,
+    output:
+        store=f"{RESULTS}/volumes/{{volume}}/patches.h5",
+        split=f"{RESULTS}/volumes/{{volume}}/patches_split.json",
+    params:
+        dirs=volume_dirs,
+        patches=config["volume_patches"],
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/volume_patches/{{volume}}.log",
+    threads: 1
+    conda:
+        ENV
+    script:
+        "../scripts/volume_patches.py"

@@ -75,3 +75,30 @@ rule train_model:
         ENV
     script:
         "../scripts/train_model.py"
+
+
+rule train_volume_model:
+    """Train a volume model (U-Net baseline, M-Unet) on the training stack's patches."""
+    input:
+        store=f"{RESULTS}/volumes/{{volume}}/patches.h5",
+    output:
+        model=f"{RESULTS}/volumes/{{volume}}/models/{{vmodel}}/model.pt",
+        spec=f"{RESULTS}/volumes/{{volume}}/models/{{vmodel}}/spec.json",
+        history=f"{RESULTS}/volumes/{{volume}}/models/{{vmodel}}/history.tsv",
+        curves=f"{RESULTS}/volumes/{{volume}}/models/{{vmodel}}/curves.png",
+        augmented=f"{RESULTS}/volumes/{{volume}}/models/{{vmodel}}/augmented.png",
+    params:
+        model=lambda wc: config["volume_models"][wc.vmodel],
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/train_volume_model/{{volume}}/{{vmodel}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_volume_model/{{volume}}/{{vmodel}}.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=8000,
+    conda:
+        ENV
+    script:
+        "../scripts/train_model.py"

@@ -38,53 +38,6 @@ rule auto_scribbles:
         "../scripts/auto_scribbles.py"
 
 
-rule volume_patches:
-    """Training patches from the labelled training stack."""
-    input:
-        volume_data,
-    output:
-        store=f"{RESULTS}/volumes/{{volume}}/patches.h5",
-        split=f"{RESULTS}/volumes/{{volume}}/patches_split.json",
-    params:
-        dirs=volume_dirs,
-        patches=config["volume_patches"],
-        seed=config["seed"],
-    log:
-        f"{RESULTS}/logs/volume_patches/{{volume}}.log",
-    threads: 1
-    conda:
-        ENV
-    script:
-        "../scripts/volume_patches.py"
-
-
-rule train_volume_model:
-    """Train a volume model (U-Net baseline, M-Unet) on the training stack's patches."""
-    input:
-        store=f"{RESULTS}/volumes/{{volume}}/patches.h5",
-    output:
-        model=f"{RESULTS}/volumes/{{volume}}/models/{{vmodel}}/model.pt",
-        spec=f"{RESULTS}/volumes/{{volume}}/models/{{vmodel}}/spec.json",
-        history=f"{RESULTS}/volumes/{{volume}}/models/{{vmodel}}/history.tsv",
-        curves=f"{RESULTS}/volumes/{{volume}}/models/{{vmodel}}/curves.png",
-        augmented=f"{RESULTS}/volumes/{{volume}}/models/{{vmodel}}/augmented.png",
-    params:
-        model=lambda wc: config["volume_models"][wc.vmodel],
-        seed=config["seed"],
-    log:
-        f"{RESULTS}/logs/train_volume_model/{{volume}}/{{vmodel}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train_volume_model/{{volume}}/{{vmodel}}.tsv"
-    threads: workflow.cores
-    resources:
-        gpu=1,
-        mem_mb=8000,
-    conda:
-        ENV
-    script:
-        "../scripts/train_model.py"
-
-
 rule predict_volume:
     """A volume model's probability for every target slice (float32 TIFF stack)."""
     input:

@@ -2,7 +2,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-from histoflow.pipeline import run_demo_data  # noqa: E402
 from histoflow.smk import run_logged  # noqa: E402
+from histoflow.stages.data import run_demo_data  # noqa: E402
 
 run_logged(snakemake, lambda: run_demo_data(snakemake.output[0], snakemake.params.demo))

@@ -2,8 +2,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-from histoflow.pipeline import run_ensemble_spec  # noqa: E402
 from histoflow.smk import run_logged  # noqa: E402
+from histoflow.stages.predict import run_ensemble_spec  # noqa: E402
 
 run_logged(snakemake, lambda: run_ensemble_spec(
     list(snakemake.input), snakemake.params.members, snakemake.params.weights, snakemake.output[0],

@@ -2,8 +2,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-from histoflow.pipeline_wsi import run_predict_slide_region  # noqa: E402
 from histoflow.smk import run_logged  # noqa: E402
+from histoflow.stages.wsi import run_predict_slide_region  # noqa: E402
 
 slides = snakemake.config["slides"]  # batch_size, workers, compile: speed only, so not in params
 run_logged(snakemake, lambda: run_predict_slide_region(

@@ -2,8 +2,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-from histoflow.report import build_report  # noqa: E402
 from histoflow.smk import run_logged  # noqa: E402
+from histoflow.stages.report import build_report  # noqa: E402
 
 run_logged(snakemake, lambda: build_report(
     config=snakemake.config,

@@ -2,8 +2,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-from histoflow.pipeline import run_train  # noqa: E402
 from histoflow.smk import run_logged  # noqa: E402
+from histoflow.stages.train import run_train  # noqa: E402
 
 stage1 = snakemake.input.get("stage1")
 run_logged(snakemake, lambda: run_train(

@@ -2,8 +2,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-from histoflow.pipeline_volume import run_volume_features  # noqa: E402
 from histoflow.smk import run_logged  # noqa: E402
+from histoflow.stages.volumes import run_volume_features  # noqa: E402
 
 run_logged(snakemake, lambda: run_volume_features(
     Path(snakemake.input.model).parent, snakemake.params.dirs, snakemake.params.predict,

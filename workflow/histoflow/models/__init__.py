@@ -8,6 +8,7 @@ inference metadata), so :func:`load_model` can rebuild it without the config tha
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 
 from ..io import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -71,6 +74,27 @@ def load_model(folder: str | os.PathLike[str], device: str | torch.device = "cpu
     state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.to(device).eval(), spec
+
+
+def load_initial_weights(model: nn.Module, path: str | os.PathLike[str], whole_model: bool = False) -> None:
+    """Initialise ``model`` from a local weights file.
+
+    ``whole_model``: the file is a trained model of the same architecture (stage 1 of a two-stage
+    model) and every weight must match. Otherwise (``models.*.weights``, e.g. ImageNet encoder weights)
+    the architecture's ``load_pretrained`` reads it when it has one (VGG16 encoders check the file's
+    layout), else it is loaded as a state dict, non-strictly.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: initial weights not found (models.*.weights in config.yaml).")
+    if whole_model:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        log.info("initialised from %s", path)
+    elif hasattr(model, "load_pretrained"):
+        model.load_pretrained(path)
+    else:
+        missing, unexpected = model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=False)
+        log.info("initialised from %s (missing %d, unexpected %d keys)", path, len(missing), len(unexpected))
 
 
 def _load_builtin() -> None:

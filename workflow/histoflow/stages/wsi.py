@@ -1,7 +1,4 @@
-"""The whole-slide stage as plain functions of paths and config dicts (one per Snakemake rule).
-
-``slide_tissue`` → ``predict_slide_region`` (one job per region) → ``merge_slide`` →
-``slide_outputs``; the array-level work is in :mod:`histoflow.wsi`.
+"""Stage of ``rules/wsi.smk``: whole slides: tissue, tiled inference by row band, merge, OME-TIFF / GeoJSON outputs.
 """
 
 from __future__ import annotations
@@ -14,15 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from .io import read_image, read_json, write_image, write_json
+from ..io import read_image, read_json, write_image, write_json
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
-
 def open_configured_slide(path: PathLike, slides: dict[str, Any]):
     """The slide at the resolution ``slides.mpp`` / ``slides.level`` of the config."""
-    from .wsi import open_slide
+    from ..wsi import open_slide
 
     return open_slide(path, mpp=slides.get("mpp"), level=slides.get("level"), base_mpp=slides.get("base_mpp"),
                       backend=slides.get("backend", "auto"))
@@ -32,8 +28,8 @@ def slide_normalizer(stain_json: PathLike | None):
     """The fitted stain normalizer on its NumPy backend, or None (no normalization, or method none)."""
     if not stain_json:
         return None
-    from .stain import load_normalizer
-    from .wsi import cpu_normalizer
+    from ..stain import load_normalizer
+    from ..wsi import cpu_normalizer
 
     norm = load_normalizer(stain_json)
     return None if norm.method == "none" else cpu_normalizer(norm)
@@ -46,7 +42,7 @@ def run_slide_tissue(
     """Thumbnail, tissue mask (PNG, 255 = tissue) and ``tissue.json``: the slide at the chosen
     resolution, the mask's scale, the tile counts and the slide's staining (estimated once on the
     thumbnail, so every region normalizes its tiles identically)."""
-    from .wsi import TissueMask, plan_grid, tissue_mask
+    from ..wsi import TissueMask, plan_grid, tissue_mask
 
     t0 = time.perf_counter()
     slide = open_configured_slide(slide_path, slides)
@@ -80,7 +76,7 @@ def run_slide_tissue(
 
 def load_tissue(tissue_json: PathLike):
     """The :class:`histoflow.wsi.TissueMask` and the info dict written by :func:`run_slide_tissue`."""
-    from .wsi import TissueMask
+    from ..wsi import TissueMask
 
     info = read_json(tissue_json)
     mask = read_image(Path(tissue_json).parent / info["tissue"]["mask"]) > 0
@@ -98,10 +94,10 @@ def run_predict_slide_region(
     """
     import torch
 
-    from .device import prepare_model, resolve_device
-    from .models import load_model
-    from .tiling import tta_predictor
-    from .wsi import atomic_dir, limit_malloc_retention, plan_grid, predict_slide, split_regions
+    from ..device import load_for_inference
+    from ..io import atomic_dir
+    from ..tiling import tta_predictor
+    from ..wsi import limit_malloc_retention, plan_grid, predict_slide, split_regions
 
     limit_malloc_retention()  # flat host memory (this job's own process)
     tissue, info = load_tissue(tissue_json)
@@ -112,10 +108,8 @@ def run_predict_slide_region(
     grid = plan_grid(slide.shape, slides["tile"], slides["overlap"], tissue, slides["tissue"]["min_fraction"])
     regions = split_regions(grid, slides["regions"])
     reg = regions[region]
-    dev = resolve_device(device)
-    model, spec = load_model(model_dir, dev)
+    model, spec, dev = load_for_inference(model_dir, device)
     context = (getattr(model, "context_factor", 1) - 1) * slides["tile"] // 2
-    model = prepare_model(model, dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         if perf.get("compile"):
@@ -145,8 +139,7 @@ def instance_slide_predictor(model, spec: dict[str, Any], predict: dict[str, Any
     """An instance model (Mask R-CNN, US-Net) on slide tiles: each tile's merge map of the
     detections the model's ``predict`` settings keep (:func:`histoflow.detection.merge_map_predictor`).
     Slides get the ``merge`` rule: the blended map is thresholded and split like a U-Net's."""
-    from .detection import merge_map_predictor
-    from .pipeline import instance_detector
+    from ..detection import instance_detector, merge_map_predictor
 
     detect, score = instance_detector(model, spec, predict, dev)
     log.info("instance model %s on slide tiles: merge map of detections scoring >= %.2f (NMS IoU %.2f, mask "
@@ -156,7 +149,8 @@ def instance_slide_predictor(model, spec: dict[str, Any], predict: dict[str, Any
 
 def run_merge_slide(region_stores: list[PathLike], out_store: PathLike) -> dict[str, Any]:
     """Concatenate the regions' row bands into the slide's probability store."""
-    from .wsi import atomic_dir, merge_regions
+    from ..io import atomic_dir
+    from ..wsi import merge_regions
 
     with atomic_dir(out_store) as tmp:
         stats = merge_regions(region_stores, tmp)
@@ -174,8 +168,9 @@ def run_slide_outputs(
     ``out``: paths ``probability``, ``summary`` and (with instances) ``labels``, ``labels_zarr``,
     ``objects``.
     """
-    from .postprocess import PostprocessConfig
-    from .wsi import CHUNK, atomic_dir, create_array, open_group, slide_instances, write_ome_pyramid
+    from ..postprocess import PostprocessConfig
+    from ..io import atomic_dir
+    from ..wsi import CHUNK, create_array, open_group, slide_instances, write_ome_pyramid
 
     t0 = time.perf_counter()
     group = open_group(prob_store, "r")

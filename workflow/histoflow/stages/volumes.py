@@ -1,17 +1,5 @@
-"""Stage I/O of the semi-automatic volume workflow (serial sections, scribbles, DDML, graph cut).
-
-A *volume* is a stack of aligned sections: a fully labelled training stack and a target stack that a
-person segments by drawing a few scribbles. The stages, one Snakemake rule each:
-
-1. :func:`run_volume_data` – the synthetic organ stacks (or nothing, for folders on disk);
-2. :func:`run_auto_scribbles` – strokes on every n-th target slice, when no scribble file is given;
-3. patches + training reuse :func:`histoflow.pipeline.run_extract_patches` / ``run_train``;
-4. :func:`run_predict_volume` – per-slice probabilities of a trained model (U-Net, M-Unet);
-5. :func:`run_volume_features` – M-Unet per-pixel features of the target and of training slices;
-6. :func:`run_ddml` – metric learning on scribble + training pixels, refined probability ``h``;
-7. :func:`run_search_graphcut` – γ, σ, δ chosen on the training slices (never on the target);
-8. :func:`run_graphcut_volume` – one 3-D graph cut over the stack with the scribbles as hard seeds;
-9. :func:`run_evaluate_volume` – the ablation table (precision, recall, F1, IoU per method).
+"""Stage of ``rules/volumes.smk``: serial-section stacks, scribbles, volume models' predictions, M-Unet
+features, DDML, the 3-D graph cut and the ablation table.
 """
 
 from __future__ import annotations
@@ -24,15 +12,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .io import atomic_path, read_json, write_json
+from ..io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
-
 def run_volume_data(out_dir: PathLike, spec: dict[str, Any]) -> None:
     """Write ``train/`` and ``target/`` synthetic organ stacks (images + labels) into ``out_dir``."""
-    from .volume import make_organ_stack, write_stack
+    from ..synthetic.organs import make_organ_stack
+    from ..volume import write_stack
 
     shape = (spec["n_slices"], spec["size"], spec["size"])
     for part, seed in (("target", spec["seed"]), ("train", spec["seed"] + 1000)):
@@ -41,16 +29,9 @@ def run_volume_data(out_dir: PathLike, spec: dict[str, Any]) -> None:
         log.info("%s stack: %s, organ fraction %.3f", part, images.shape, labels.mean())
 
 
-def stack_paths(spec: dict[str, Any], data_dir: PathLike | None) -> dict[str, str]:
-    """Folders of the training and target stacks, for a generated or an on-disk volume."""
-    if spec.get("generator"):
-        d = Path(data_dir)
-        return {"train": str(d / "train"), "target": str(d / "target")}
-    return {"train": spec["train"], "target": spec["target"]}
-
-
 def run_auto_scribbles(target_dir: PathLike, every: int, seed: int, out_tif: PathLike) -> None:
-    from .volume import make_scribbles, read_stack, write_tiff_stack
+    from ..scribbles import make_scribbles
+    from ..volume import read_stack, write_tiff_stack
 
     _, labels = read_stack(target_dir)
     if labels is None:
@@ -61,29 +42,10 @@ def run_auto_scribbles(target_dir: PathLike, every: int, seed: int, out_tif: Pat
              int((seeds == 1).sum()), int((seeds == 2).sum()))
 
 
-def stack_as_dataset(stack_dir: PathLike) -> tuple[dict[str, Any], str]:
-    """A stack folder as the ``dataset`` dict :func:`histoflow.pipeline.run_extract_patches` takes."""
-    d = Path(stack_dir)
-    stems = sorted(p.stem for p in (d / "labels").glob("*.png"))
-    if not stems:
-        raise ValueError(f"{d}/labels: no label slices; the training stack needs labels")
-    return ({"images": {s: str(d / f"{s}.png") for s in stems}, "masks": {s: str(d / "labels" / f"{s}.png") for s in stems},
-             "mask_type": "binary", "train": stems, "test": []}, str(d))
-
-
-def _load_model(model_dir: PathLike, device: str):
-    from .device import prepare_model, resolve_device
-    from .models import load_model
-
-    dev = resolve_device(device)
-    model, spec = load_model(model_dir, dev)
-    return prepare_model(model, dev), spec, dev
-
-
 def _tiled(model, predictor, image: np.ndarray, predict: dict[str, Any], dev) -> np.ndarray:
     import torch
 
-    from .tiling import predict_tiled
+    from ..tiling import predict_tiled
 
     x = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
     return predict_tiled(
@@ -99,9 +61,10 @@ def run_predict_volume(model_dir: PathLike, target_dir: PathLike, predict: dict[
     import torch
     from tqdm import tqdm
 
-    from .volume import read_stack
+    from ..device import load_for_inference
+    from ..volume import read_stack
 
-    model, _, dev = _load_model(model_dir, device)
+    model, _, dev = load_for_inference(model_dir, device)
     images, _ = read_stack(target_dir)
     prob = np.stack([_tiled(model, lambda b: torch.sigmoid(model(b)), im, predict, dev)[0]
                      for im in tqdm(images, desc="slices", mininterval=5)])
@@ -120,9 +83,10 @@ def run_volume_features(model_dir: PathLike, dirs: dict[str, str], predict: dict
     import torch
     from tqdm import tqdm
 
-    from .volume import read_stack
+    from ..device import load_for_inference
+    from ..volume import read_stack
 
-    model, _, dev = _load_model(model_dir, device)
+    model, _, dev = load_for_inference(model_dir, device)
     if not hasattr(model, "forward_features"):
         raise ValueError(f"{model_dir}: DDML needs a model with forward_features (arch munet)")
 
@@ -156,8 +120,8 @@ def run_ddml(features_h5: PathLike, scribbles: PathLike, ddml: dict[str, Any], s
     ``h`` of the target (TIFF) and of the training slices (NPZ, for the graph-cut search)."""
     import tifffile
 
-    from .ddml import refined_probability, train_discriminator, train_metric
-    from .volume import read_scribbles
+    from ..ddml import refined_probability, train_discriminator, train_metric
+    from ..scribbles import read_scribbles
 
     rng = np.random.default_rng(seed)
     with h5py.File(features_h5, "r") as h5:
@@ -186,7 +150,7 @@ def run_ddml(features_h5: PathLike, scribbles: PathLike, ddml: dict[str, Any], s
 
 def run_search_graphcut(train_h: PathLike, features_h5: PathLike, grid: dict[str, list[float]], out_json: PathLike) -> None:
     """Choose γ, σ, δ on the training slices (their labels are known; the target is never used)."""
-    from .graphcut import search_parameters
+    from ..graphcut import search_parameters
 
     h = np.load(train_h)["h"]
     with h5py.File(features_h5, "r") as h5:
@@ -201,8 +165,9 @@ def run_graphcut_volume(refined: PathLike, target_dir: PathLike, scribbles: Path
     """One 3-D graph cut over the whole target stack, scribbles as hard seeds."""
     import tifffile
 
-    from .graphcut import graphcut, graphcut_banded
-    from .volume import orthogonal_views, read_scribbles, read_stack, volume_summary, write_tiff_stack
+    from ..graphcut import graphcut, graphcut_banded
+    from ..scribbles import read_scribbles
+    from ..volume import orthogonal_views, read_stack, volume_summary, write_tiff_stack
 
     h = tifffile.imread(refined)
     images, _ = read_stack(target_dir)
@@ -218,10 +183,28 @@ def run_graphcut_volume(refined: PathLike, target_dir: PathLike, scribbles: Path
 
 def voxel_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Precision, recall, F1 and IoU of two binary volumes."""
-    from .metrics import pixel_metrics
+    from ..metrics import pixel_metrics
 
     m = pixel_metrics(pred.reshape(pred.shape[0], -1) > 0, truth.reshape(truth.shape[0], -1) > 0)
     return {k: m[k] for k in ("precision", "recall", "f1", "iou")}
+
+
+#: Display names of the volume models in the ablation table.
+VOLUME_MODEL_NAMES = {"unet": "U-Net", "munet": "M-Unet"}
+
+
+def ablation_methods(vmodels: list[str], predictions: list[PathLike], specs: list[PathLike], features_from: str,
+                     refined: PathLike, mask: PathLike) -> dict[str, tuple[PathLike, float]]:
+    """The rows of the ablation table, in order: each volume model's probability at its validation-chosen
+    threshold (the plain U-Net baseline first), then DDML's refined probability and the graph cut's mask."""
+    methods: dict[str, tuple[PathLike, float]] = {}
+    rows = zip(vmodels, predictions, specs, strict=True)
+    for m, pred, spec in sorted(rows, key=lambda r: r[0] != "unet"):
+        methods[VOLUME_MODEL_NAMES.get(m, m)] = (pred, read_json(spec)["threshold"])
+    ddml = VOLUME_MODEL_NAMES.get(features_from, features_from)
+    methods[f"{ddml} + DDML"] = (refined, 0.5)
+    methods[f"{ddml} + DDML + graph cut"] = (mask, 0.5)
+    return methods
 
 
 def run_evaluate_volume(target_dir: PathLike, methods: dict[str, tuple[PathLike, float]], out_tsv: PathLike) -> None:
@@ -229,7 +212,7 @@ def run_evaluate_volume(target_dir: PathLike, methods: dict[str, tuple[PathLike,
     import pandas as pd
     import tifffile
 
-    from .volume import read_stack
+    from ..volume import read_stack
 
     _, truth = read_stack(target_dir)
     if truth is None:
@@ -241,3 +224,4 @@ def run_evaluate_volume(target_dir: PathLike, methods: dict[str, tuple[PathLike,
         log.info("%s: %s", name, rows[-1])
     with atomic_path(out_tsv) as tmp:
         pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+

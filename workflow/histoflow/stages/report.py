@@ -1,16 +1,12 @@
-"""Figures and the self-contained HTML report.
-
-Array-level helpers (:func:`error_overlay`) are pure functions; the plotting functions write PNG
-files; :func:`build_report` assembles one HTML page (figures embedded as base64, so the file can
-be e-mailed) from the workflow's outputs.
+"""Stage of ``rules/report.smk``: one self-contained HTML page (figures embedded as base64, so the file can be
+e-mailed) from the workflow's outputs: metrics, published references, training, stain normalization,
+overlays, objects, per-fibre thresholds, classes and volumes.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import html
-import io
 import logging
 import os
 from pathlib import Path
@@ -18,7 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from .io import atomic_path, read_image, read_json, read_labels, read_rgb
+from ..figures import (
+    CLASS_COLOURS,
+    biomarker_columns,
+    class_colours,
+    column_label,
+    error_overlay,
+    fig_tag,
+    img_tag,
+    morphometry_figure,
+    pyplot,
+    save_figure,
+)
+from ..io import atomic_path, read_image, read_json, read_labels, read_rgb
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
@@ -34,92 +42,6 @@ HEADLINE = [
     ("pixel_precision", "pixel precision"),
     ("pixel_recall", "pixel recall"),
 ]
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def error_overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """RGB ``uint8 (H, W, 3)``: ``image`` with false positives red, false negatives blue, and the
-    predicted instance contours in yellow. ``pred``/``gt`` are label maps (> 0 = foreground)."""
-    from skimage.segmentation import find_boundaries
-
-    if image.shape[:2] != pred.shape or pred.shape != gt.shape:
-        raise ValueError(f"shapes differ: image {image.shape}, pred {pred.shape}, gt {gt.shape}")
-    out = image.astype(np.float32).copy()
-    p, g = pred > 0, gt > 0
-    for mask, colour in ((p & ~g, (255, 0, 0)), (~p & g, (0, 80, 255))):
-        out[mask] = (1 - alpha) * out[mask] + alpha * np.array(colour, np.float32)
-    out[find_boundaries(pred, mode="inner")] = (255, 230, 0)
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def plot_history(history: list[dict[str, float]], path: PathLike, dpi: int = 100) -> None:
-    """Training curves: losses (left), validation Dice and learning rate (right)."""
-    plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ep = [h["epoch"] for h in history]
-    a.plot(ep, [h["train_loss"] for h in history], label="train loss")
-    if any("val_loss" in h for h in history):
-        a.plot(ep, [h.get("val_loss", np.nan) for h in history], label="validation loss")
-    a.set_xlabel("epoch")
-    a.set_ylabel("loss")
-    a.legend()
-    a.grid(alpha=0.3)
-    if any("val_dice" in h for h in history):
-        b.plot(ep, [h.get("val_dice", np.nan) for h in history], color="tab:green", label="validation Dice")
-        b.set_ylim(0, 1)
-    b.set_xlabel("epoch")
-    b.set_ylabel("validation pixel Dice")
-    b2 = b.twinx()
-    b2.plot(ep, [h["lr"] for h in history], color="tab:gray", ls="--", label="learning rate")
-    b2.set_ylabel("learning rate")
-    fig.tight_layout()
-    _save(fig, path, dpi)
-
-
-def plot_augmented(images: np.ndarray, masks: np.ndarray, path: PathLike, title: str = "", dpi: int = 100) -> None:
-    """A row of augmented training patches ``(N, H, W, 3)`` with their masks ``(N, H, W)`` outlined, so a
-    user sees what the model trained on (integer masks are instance labels: every object outlined)."""
-    from skimage.segmentation import find_boundaries
-
-    plt = _plt()
-    n = len(images)
-    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.5), squeeze=False)
-    for a, img, m in zip(axes[0], images, masks, strict=True):
-        shown = img.copy()
-        shown[find_boundaries(m if m.dtype.kind in "iu" else m > 0, mode="inner")] = (255, 230, 0)
-        a.imshow(shown)
-        a.axis("off")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    _save(fig, path, dpi)
-
-
-def _save(fig, path: PathLike, dpi: int) -> None:
-    plt = _plt()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
-
-
-def _img_tag(path: PathLike, width: str = "100%") -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" style="max-width:{width}">'
-
-
-def _fig_tag(fig, dpi: int) -> str:
-    plt = _plt()
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=dpi, format="png")
-    plt.close(fig)
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" style="max-width:100%">'
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -238,7 +160,7 @@ def benchmark_rows(results: str) -> list[list[str]]:
 
 def stain_figure(datasets: dict[str, Any], results: str, dpi: int, n: int = 3) -> str:
     """Before/after thumbnails of a few images and the fitted stain vectors."""
-    plt = _plt()
+    plt = pyplot()
     pairs = [(name, stem) for name, d in datasets.items() for stem in d["test"]][:n]
     if not pairs:
         return ""
@@ -251,16 +173,16 @@ def stain_figure(datasets: dict[str, Any], results: str, dpi: int, n: int = 3) -
         for a in axes[:, j]:
             a.axis("off")
     fig.tight_layout()
-    return _fig_tag(fig, dpi)
+    return fig_tag(fig, dpi)
 
 
 def overlay_figures(
     results: str, model: str, dname: str, dataset: dict[str, Any], n: int, alpha: float, out_dir: Path, dpi: int
 ) -> list[Path]:
     """Error overlays for the first ``n`` test images (PNG files in ``out_dir``)."""
-    from .metrics import evaluate_instances
+    from ..metrics import evaluate_instances
 
-    plt = _plt()
+    plt = pyplot()
     paths = []
     for stem in dataset["test"][:n]:
         image = read_rgb(Path(results) / "normalized" / dname / f"{stem}.png")
@@ -279,7 +201,7 @@ def overlay_figures(
             a.axis("off")
         fig.tight_layout()
         path = out_dir / f"{model}__{dname}__{stem}.png"
-        _save(fig, path, dpi)
+        save_figure(fig, path, dpi)
         paths.append(path)
     return paths
 
@@ -299,55 +221,14 @@ def load_morphometry(results: str, models: list[str], datasets: list[str]) -> di
     return tables
 
 
-def _biomarkers(table: Any) -> list[str]:
-    """The area, minimum Feret diameter and eccentricity columns (units depend on the pixel size)."""
-    return [next(c for c in table.columns if c.startswith("area_")),
-            next(c for c in table.columns if c.startswith("min_feret_")), "eccentricity"]
-
-
-def _column_label(column: str) -> str:
-    """``area_um2`` → ``area (µm²)``, ``min_feret_px`` → ``min feret (px)``."""
-    return (column.replace("_um2", " (µm²)").replace("_px2", " (px²)").replace("_um", " (µm)")
-            .replace("_px", " (px)").replace("_", " "))
-
-
-def morphometry_figure(tables: dict[str, Any], dpi: int) -> str:
-    """Histograms of object area, minimum Feret diameter and eccentricity per model (tables from
-    :func:`load_morphometry`)."""
-    plt = _plt()
-    if not tables:
-        return "<p>No objects.</p>"
-    columns = _biomarkers(next(iter(tables.values())))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for m, t in tables.items():
-        for k, (ax, c) in enumerate(zip(axes, columns, strict=True)):
-            ax.hist(t[c], bins=30, alpha=0.5, label=f"{m} (n={len(t)})" if k == 0 else m,
-                    range=(0, 1) if c == "eccentricity" else None)
-    for ax, c in zip(axes, columns, strict=True):
-        ax.set_xlabel(_column_label(c))
-        ax.set_ylabel("objects")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return _fig_tag(fig, dpi)
-
-
-CLASS_COLOURS = np.array([[40, 40, 40], [230, 120, 40], [60, 170, 230], [120, 200, 90], [220, 60, 150],
-                          [250, 220, 60], [150, 100, 220], [250, 250, 250]], np.uint8)
-
-
-def class_colours(classes: np.ndarray) -> np.ndarray:
-    """RGB ``uint8 (H, W, 3)`` of a class map (a fixed colour per class index, cycling past 8)."""
-    return CLASS_COLOURS[classes.astype(np.int64) % len(CLASS_COLOURS)]
-
-
 def class_section(results: str, models: list[str], datasets: dict[str, dict[str, Any]], classes: list[str],
                   options: dict[str, Any], fig_dir: Path) -> str:
     """Multi-class results: per-class scores of the pooled test pixels, the mean over classes, the
     confusion matrices (row-normalised) and class-map overlays."""
-    from .semantic import read_truth
+    from ..semantic import read_truth
 
     dpi = options["dpi"]
-    plt = _plt()
+    plt = pyplot()
     rows, mats = [], []
     for m in models:
         for d in datasets:
@@ -377,7 +258,7 @@ def class_section(results: str, models: list[str], datasets: dict[str, dict[str,
         ax.set_ylabel("ground truth")
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    parts.append(_fig_tag(fig, dpi))
+    parts.append(fig_tag(fig, dpi))
     parts.append("<h3>Class maps on test images</h3>")
     for m in models:
         for d, dataset in datasets.items():
@@ -396,8 +277,8 @@ def class_section(results: str, models: list[str], datasets: dict[str, dict[str,
                 fig.legend(handles, classes, loc="lower center", ncol=len(classes), fontsize=8)
                 fig.tight_layout(rect=(0, 0.06, 1, 1))
                 path = fig_dir / f"{m}__{d}__{stem}.png"
-                _save(fig, path, dpi)
-                parts.append(_img_tag(path))
+                save_figure(fig, path, dpi)
+                parts.append(img_tag(path))
     return "".join(parts)
 
 
@@ -425,7 +306,7 @@ def fibre_section(results: str, models: list[str], datasets: list[str], dpi: int
         return "<p>No test image has ground-truth objects.</p>"
     header = ["model", "dataset", "P (val thr.)", "R (val thr.)", "F1 (val thr.)", "FT", "P (FT)", "R (FT)",
               "F1 (FT)", "P (DT)", "R (DT)", "F1 (DT)"]
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), sharey=True)
     for label, c in curves:
         for ax, col in zip(axes, ("precision", "recall", "f1"), strict=True):
@@ -437,7 +318,7 @@ def fibre_section(results: str, models: list[str], datasets: list[str], dpi: int
     axes[0].set_ylabel("mean over test images")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    return _table(header, rows) + _fig_tag(fig, dpi) + (
+    return _table(header, rows) + fig_tag(fig, dpi) + (
         "<p class=note>For every ground-truth object, the predicted object overlapping it most gives precision "
         "|S∩G|/|S| and recall |S∩G|/|G|, averaged per image (mean ± sd over images); F1 = 2PR/(P+R). "
         "'val thr.': the deployable result, at the threshold chosen on validation patches. FT: the one threshold "
@@ -450,10 +331,10 @@ def morphometry_table(tables: dict[str, Any]) -> str:
     rows = []
     for m, t in tables.items():
         rows.append([m, str(len(t))] + [f"{t[c].median():.4g} ({t[c].quantile(0.25):.4g}–{t[c].quantile(0.75):.4g})"
-                                        for c in _biomarkers(t)])
+                                        for c in biomarker_columns(t)])
     if not rows:
         return ""
-    header = ["model", "objects", *(_column_label(c) for c in _biomarkers(next(iter(tables.values()))))]
+    header = ["model", "objects", *(column_label(c) for c in biomarker_columns(next(iter(tables.values()))))]
     return _table(header, rows)
 
 
@@ -475,7 +356,7 @@ def volume_section(results: str, volume: str) -> str:
         f"max-flow over the stack with the scribbles as hard seeds (gamma {best['gamma']}, sigma {best['sigma']}, "
         f"delta {best['delta']}, chosen on the training slices).</p>",
         f"<p>Segmented voxels: {summary['n_voxels']} in {summary['n_slices_with_mask']} slices" + (f", volume {vol:.4g} µm³" if vol else "") + "</p>",
-        _img_tag(root / "segmentation" / "views.png"),
+        img_tag(root / "segmentation" / "views.png"),
     ]
     return "".join(parts)
 
@@ -553,7 +434,7 @@ def object_sections(results: str, models: list[str], names: list[str], datasets:
         for d in names:
             for p in overlay_figures(results, m, d, datasets[d], options["n_overlays"], options["overlay_alpha"],
                                      fig_dir, dpi):
-                parts.append(_img_tag(p))
+                parts.append(img_tag(p))
     return parts
 
 
@@ -571,11 +452,11 @@ def training_section(results: str, trained: list[str]) -> list[str]:
             s1 = read_json(stage1 / "spec.json")
             parts.append(f"<p>Stage 1 (target <b>{html.escape(s1['target'])}</b>, {s1['train_seconds']:.0f} s), "
                          f"then stage 2 fine-tuned from it (target <b>{html.escape(spec['target'])}</b>):</p>")
-            parts.append(_img_tag(stage1 / "curves.png"))
-        parts.append(_img_tag(Path(results) / "models" / m / "curves.png"))
+            parts.append(img_tag(stage1 / "curves.png"))
+        parts.append(img_tag(Path(results) / "models" / m / "curves.png"))
         aug = Path(results) / "models" / m / "augmented.png"
         if aug.exists():
-            parts.append(_img_tag(aug))
+            parts.append(img_tag(aug))
     return parts
 
 
@@ -600,3 +481,4 @@ def tail_sections(config: dict[str, Any], datasets: dict[str, dict[str, Any]], r
     parts.append("<h2>Configuration</h2>")
     parts.append(f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>")
     return parts
+

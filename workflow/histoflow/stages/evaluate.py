@@ -1,0 +1,166 @@
+"""Stage of ``rules/evaluate.smk``: metrics of the test images, per-fibre thresholds, QuPath / morphometry export.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import read_json, read_labels, read_rgb, write_json
+from ..postprocess import instance_growth
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike[str]
+
+def run_export_objects(
+    instances_dir: PathLike, normalized_dir: PathLike, pixel_size_um: float | None, classification: str,
+    out_dir: PathLike,
+) -> None:
+    """Per image: QuPath GeoJSON of the instances with their measurements; per dataset:
+    ``morphometry.tsv`` (one row per object: image, id and every measurement)."""
+    import pandas as pd
+
+    from ..io import atomic_path, read_image
+    from ..morphometry import measure_objects
+    from ..qupath import instances_to_geojson
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in sorted(Path(instances_dir).glob("*.tif")):
+        labels = read_image(p).astype(np.int64)
+        image = read_rgb(Path(normalized_dir) / f"{p.stem}.png")
+        measurements = measure_objects(labels, image, pixel_size_um)
+        n = instances_to_geojson(labels, out / f"{p.stem}.geojson", classification=classification,
+                                 object_type="detection", measurements=measurements)
+        rows += [{"image": p.stem, "object": k, **v} for k, v in measurements.items()]
+        log.info("%s: %d objects", p.stem, n)
+    with atomic_path(out / "morphometry.tsv") as tmp:
+        pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.5g")
+
+
+def run_evaluate(
+    instances_dir: PathLike, dataset: dict[str, Any], out_tsv: PathLike, out_summary: PathLike,
+    predictions_dir: PathLike | None = None, classes: list[str] | None = None,
+) -> dict[str, float]:
+    """Per-image metrics of the test images and their summary.
+
+    With ``predictions_dir`` (probability maps), each predicted object is scored by its mean
+    probability and detection AP at IoU 0.5 is computed per image (``ap50``) and pooled over the
+    dataset (``ap50_pooled``, the VOC way: all detections ranked together). With ``classes`` (a
+    multi-class workflow) the outputs are class maps, scored per class (:func:`evaluate_classes`).
+    """
+    if classes:
+        return evaluate_classes(instances_dir, dataset, classes, out_tsv, out_summary)
+    import pandas as pd
+
+    from ..io import atomic_path, read_image
+    from ..metrics import (
+        average_precision,
+        evaluate_instances,
+        match_detections,
+        object_scores,
+        per_fibre_precision_recall,
+        summarize,
+    )
+
+    rows, pooled = [], ([], [], 0)
+    for stem in dataset["test"]:
+        pred = read_image(Path(instances_dir) / f"{stem}.tif").astype(np.int64)
+        gt = read_labels(dataset["masks"][stem], dataset["mask_type"])
+        fibre = per_fibre_precision_recall(pred, gt)  # skipped on images without ground-truth objects
+        row = {"image": stem, **evaluate_instances(pred, gt),
+               **({f"fibre_{k}": fibre[k] for k in ("precision", "recall", "f1")} if fibre["n_gt"] else {})}
+        if predictions_dir is not None:
+            scores = object_scores(pred, read_image(Path(predictions_dir) / f"{stem}.tif"))
+            sc, tp, n_gt = match_detections(pred, gt, scores)
+            row["ap50"] = average_precision(sc, tp, n_gt)
+            pooled = (pooled[0] + [sc], pooled[1] + [tp], pooled[2] + n_gt)
+        rows.append(row)
+    summary = summarize(rows)
+    if pooled[0]:
+        summary["ap50_pooled"] = average_precision(np.concatenate(pooled[0]), np.concatenate(pooled[1]), pooled[2])
+    with atomic_path(out_tsv) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    write_json(out_summary, summary)
+    log.info("object F1 %.4f (pooled %.4f), pixel Dice %.4f, AJI %.4f, PQ %.4f",
+             summary.get("object_f1_mean", float("nan")), summary.get("object_f1_pooled", float("nan")),
+             summary.get("pixel_f1_mean", float("nan")), summary.get("aji_mean", float("nan")),
+             summary.get("pq_mean", float("nan")))
+    return summary
+
+
+def run_evaluate_fibres(
+    pred_dir: PathLike, spec_json: PathLike, postprocess_cfg: dict[str, Any], dataset: dict[str, Any],
+    thresholds: list[float], out_tsv: PathLike, out_summary: PathLike, normalized_dir: PathLike | None = None,
+) -> dict[str, Any]:
+    """Per-fibre precision / recall / F1 of every test image at every threshold (instances made by
+    the configured post-processing at that threshold), and their fixed-threshold (FT) and
+    dynamic-threshold (DT) summaries (:func:`histoflow.metrics.fixed_and_dynamic_thresholds`)."""
+    import dataclasses
+
+    import pandas as pd
+    from tqdm import tqdm
+
+    from ..io import atomic_path, read_image
+    from ..metrics import fixed_and_dynamic_thresholds, per_fibre_precision_recall
+    from ..postprocess import PostprocessConfig, postprocess
+
+    pp = PostprocessConfig(**postprocess_cfg)
+    grow = instance_growth(read_json(spec_json))
+    rows, scores = [], []
+    for stem in tqdm(dataset["test"], desc="per-fibre P/R", unit="image", mininterval=5):
+        prob = read_image(Path(pred_dir) / f"{stem}.tif")
+        gt = read_labels(dataset["masks"][stem], dataset["mask_type"])
+        image = read_rgb(Path(normalized_dir) / f"{stem}.png") if (pp.graphcut and normalized_dir) else None
+        per_t = []
+        for t in thresholds:
+            labels = postprocess(prob, dataclasses.replace(pp, threshold=float(t)), image=image, grow=grow)
+            r = per_fibre_precision_recall(labels, gt)
+            rows.append({"image": stem, "threshold": float(t), **r})
+            per_t.append([r["precision"], r["recall"], r["f1"]])
+        scores.append(per_t)
+    summary = fixed_and_dynamic_thresholds(np.array(scores).reshape(len(scores), len(thresholds), 3), thresholds)
+    summary["thresholds"] = [float(t) for t in thresholds]
+    with atomic_path(out_tsv) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    write_json(out_summary, summary)
+    if summary["n_images"]:
+        log.info("per-fibre F1: FT %.4f ± %.4f (threshold %.2f), DT %.4f ± %.4f", summary["ft_f1_mean"],
+                 summary["ft_f1_sd"], summary["ft_threshold"], summary["dt_f1_mean"], summary["dt_f1_sd"])
+    return summary
+
+
+def evaluate_classes(
+    classes_dir: PathLike, dataset: dict[str, Any], classes: list[str], out_tsv: PathLike, out_summary: PathLike,
+) -> dict[str, Any]:
+    """Per-class Dice, F1, Jaccard, precision, recall and pixel accuracy of every test image (rows), and
+    a summary with their mean ± sd over images, the same scores of the pooled confusion matrix
+    (``pooled_*``) and that matrix itself (``confusion``, rows = truth)."""
+    import pandas as pd
+
+    from ..io import atomic_path, read_image
+    from ..metrics import summarize
+    from ..semantic import class_metrics, confusion_matrix, read_truth
+
+    rows, pooled = [], np.zeros((len(classes), len(classes)), np.int64)
+    for stem in dataset["test"]:
+        pred = read_image(Path(classes_dir) / f"{stem}.tif")
+        cm = confusion_matrix(pred, read_truth(dataset, stem, classes), len(classes))
+        pooled += cm
+        rows.append({"image": stem, **class_metrics(cm, classes)})
+    summary: dict[str, Any] = summarize(rows)
+    summary.update({f"pooled_{k}": v for k, v in class_metrics(pooled, classes).items()})
+    summary["classes"] = list(classes)
+    summary["confusion"] = pooled.tolist()
+    with atomic_path(out_tsv) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    write_json(out_summary, summary)
+    log.info("mean class Dice %.4f (pooled %.4f), pixel accuracy %.4f", summary["mean_dice_mean"],
+             summary["pooled_mean_dice"], summary["pooled_pixel_accuracy"])
+    return summary
+

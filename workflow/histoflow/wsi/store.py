@@ -1,0 +1,64 @@
+"""Chunked zarr stores of slide-sized arrays (zarr 2 or 3) and a background writer of row blocks.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+PathLike = str | os.PathLike[str]
+
+#: Rows (and columns) of one zarr chunk of the probability and label stores; the inference band
+#: holds ``tile + CHUNK`` rows and is written out a chunk row at a time.
+CHUNK = 512
+
+
+def open_group(path: PathLike, mode: str = "r") -> Any:
+    """Open a zarr group (zarr 2 or 3)."""
+    import zarr
+
+    return zarr.open_group(str(path), mode=mode)
+
+
+def create_array(group: Any, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any) -> Any:
+    """A zero-filled, Blosc-LZ4 compressed array in a zarr group (zarr 3 ``create_array`` or
+    zarr 2 ``create_dataset``)."""
+    chunks = tuple(max(1, min(c, s)) if s else max(1, c) for c, s in zip(chunks, shape, strict=True))
+    if hasattr(group, "create_array"):
+        from zarr.codecs import BloscCodec
+
+        return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                                  compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"))
+    from numcodecs import Blosc  # pragma: no cover - zarr 2
+
+    return group.create_dataset(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,  # pragma: no cover
+                                compressor=Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE))
+
+
+_FLUSH_COLS = 8192
+
+
+class _Writer:
+    """Writes row blocks into a zarr array in a background thread (at most one more block waits)."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer")
+        self.pending: list[Future[Any]] = []
+
+    def write(self, r0: int, block: np.ndarray) -> None:
+        while len(self.pending) >= 1:
+            self.pending.pop(0).result()
+        r1 = r0 + block.shape[1]
+        self.pending.append(self.pool.submit(self.array.__setitem__, (slice(None), slice(r0, r1)), block))
+
+    def close(self) -> None:
+        try:
+            for f in self.pending:
+                f.result()
+        finally:
+            self.pool.shutdown(wait=True)
+
