@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a command against a throwaway single-node SLURM on this machine, then tear SLURM down.
 #
-#   bash .ci/slurm.sh python -m pytest -m slurm tests/test_slurm.py -v
+#   bash .ci/slurm.sh python -m pytest -m slurm tests/workflow/test_slurm.py -v
 #
 # Needs root and Debian/Ubuntu (apt). Installs slurmctld, slurmd, slurm-client and munge when
 # missing, writes a slurm.conf for one node (localhost, all CPUs, MemTotal minus headroom, one fake
@@ -169,7 +169,7 @@ log "SLURM up in $(( $(date +%s) - start )) s: partition $PARTITION, $cpus CPUs,
 # -- 4. the command ------------------------------------------------------------------------------
 # In the background so that INT/TERM reach this script's traps at once; `timeout` puts the command in
 # its own process group, which cleanup kills if it is still there. HISTOFLOW_SLURM_REQUIRED makes
-# tests/test_slurm.py fail rather than skip should the cluster not answer.
+# tests/workflow/test_slurm.py fail rather than skip should the cluster not answer.
 HISTOFLOW_SLURM_REQUIRED=1 timeout -s KILL "$TIMEOUT" "$@" &
 cmd_pid=$!
 set +e

@@ -112,7 +112,8 @@ def main() -> None:
         r2 = 1 - ((t - pred) ** 2).sum() / ((t - t.mean()) ** 2).sum()
         fits[name] = {"intercept_s": float(a), "s_per_megapixel": float(b * 1e6), "r2": float(r2),
                       "megapixels_per_s_at_9x": float(px[-1] / 1e6 / t[-1])}
-        print(f"{name}: time = {a:.3f} s + {b * 1e6:.3f} s/MP (R² {r2:.4f}); {fits[name]['megapixels_per_s_at_9x']:.2f} MP/s at 9x")
+        print(f"{name}: time = {a:.3f} s + {b * 1e6:.3f} s/MP (R² {r2:.4f}); "
+              f"{fits[name]['megapixels_per_s_at_9x']:.2f} MP/s at 9x")
 
     name = device_name(str(device))
     result = {

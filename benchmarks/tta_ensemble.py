@@ -5,7 +5,8 @@
         [--out benchmarks/results/tta_ensemble.json]
 
 For every trained model of the run (``--models``, default every binary model) and the ensemble of
-``--ensemble`` members (default: those models; members must predict the same target), every test dataset and every TTA setting, the test images are predicted again with the
+``--ensemble`` members (default: those models; members must predict the same target), every test dataset and
+every TTA setting, the test images are predicted again with the
 model's own ``predict`` block but that ``tta``, post-processed with the run's ``postprocess`` block
 and the model's validation-chosen threshold, and scored by the workflow's evaluation
 (:func:`histoflow.stages.evaluate.run_evaluate`). Nothing is chosen here: the trained models, thresholds
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     from histoflow.device import resolve_device
 
     write_json(out, {"configfiles": [str(f.relative_to(REPO)) if f.is_relative_to(REPO) else f.name for f in files],
-                     "device": device_name(str(resolve_device(args.device))), "date": dt.date.today().isoformat(), "rows": rows})
+                     "device": device_name(str(resolve_device(args.device))), "date": dt.date.today().isoformat(),
+                     "rows": rows})
     print(markdown(rows))
     return 0
 

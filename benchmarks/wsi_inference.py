@@ -22,7 +22,8 @@ store -- then the probability map's pyramidal OME-TIFF. Figures:
   about that many times); ``e2e_fraction_of_raw`` reports the ratio.
 * ``monai_speedup``: MONAI's ``sliding_window_inference`` (Gaussian mode, same tile, overlap,
   batch size, model and precision, the slide read whole into memory first) wall time divided by
-  ours on the same slide, both with the eager (not compiled) model; ``monai_speedup_all_tiles`` runs ours on every tile (no tissue
+  ours on the same slide, both with the eager (not compiled) model; ``monai_speedup_all_tiles`` runs ours on every tile
+  (no tissue
   detection), so it measures the pipeline alone. Needs ``pip install monai`` (``.[bench]``);
   skipped without it, and above ``--monai-max`` (MONAI holds the whole slide, as float, in memory).
 * ``peak_rss_gb``: peak resident memory of the process that ran that size (``ru_maxrss``);
@@ -198,7 +199,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "compiled": args.compile, "workers": args.workers, "tiles": stats["tiles"], "tiles_total": stats["tiles_total"],
         "tissue_megapixels": stats["megapixels"], "end_to_end_s": round(wall, 3),
         "tissue_detection_s": round(t_tissue, 3), "end_to_end_mpps": round(stats["megapixels"] / wall, 3),
-        "tiles_per_s": round(stats["tiles"] / wall, 2), "export_ome_tiff_s": None if export_s is None else round(export_s, 3),
+        "tiles_per_s": round(stats["tiles"] / wall, 2),
+        "export_ome_tiff_s": None if export_s is None else round(export_s, 3),
         "peak_rss_gb": round(rss_gb, 3), "peak_rss_worker_gb": round(workers_gb, 3) if args.workers else None,
     }
 
@@ -482,7 +484,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                          "monai_speedup_all_tiles": round(m["monai_s"] / ours_all["end_to_end_s"], 2)}
                 per_size[str(size)]["monai_speedup"] = monai["monai_speedup"]
                 per_size[str(size)]["monai_speedup_all_tiles"] = monai["monai_speedup_all_tiles"]
-                print(f"  MONAI sliding_window_inference on {size}²: {m['monai_s']:.2f} s (read {m['monai_read_s']:.2f} s, "
+                print(f"  MONAI sliding_window_inference on {size}²: {m['monai_s']:.2f} s "
+                      f"(read {m['monai_read_s']:.2f} s, "
                       f"peak RSS {m['monai_peak_rss_gb']:.2f} GB); ours {ours['end_to_end_s']:.2f} s -> "
                       f"{monai['monai_speedup']}x, every tile {ours_all['end_to_end_s']:.2f} s -> "
                       f"{monai['monai_speedup_all_tiles']}x", flush=True)
@@ -497,7 +500,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         print(f"  memory run {size}² ({rss_model}): {r['tissue_megapixels']:.1f} MP in {r['end_to_end_s']:.1f} s, "
               f"peak RSS {r['peak_rss_gb']:.2f} GB", flush=True)
 
-    print("\n| slide | model | tiles | tissue MP | end to end (s) | end to end MP/s | of raw | MONAI speed-up | peak RSS (GB) |")
+    print("\n| slide | model | tiles | tissue MP | end to end (s) | end to end MP/s | of raw | MONAI speed-up "
+          "| peak RSS (GB) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for size, r in {**per_size, **{k: v for k, v in rss.items() if k not in per_size}}.items():
         print(f"| {size}² | {r['model']} | {r['tiles']} | {r['tissue_megapixels']:.1f} | {r['end_to_end_s']:.2f} | "

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from test_workflow import TINY, planned_jobs, smk, write_config
 
 from histoflow.scribbles import make_scribbles, read_scribbles
 from histoflow.synthetic.organs import make_organ_stack
 from histoflow.volume import write_tiff_stack
-from test_workflow import TINY, planned_jobs, smk, write_config
 
 VOLUME = {"generator": "organ_stack", "n_slices": 12, "size": 96, "seed": 3, "scribbles": "my_scribbles.tif",
           "spacing_um": [4.0, 1.0, 1.0]}

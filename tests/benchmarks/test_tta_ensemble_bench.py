@@ -14,7 +14,7 @@ from histoflow.io import write_image, write_json
 from histoflow.models import build_model, save_model
 from histoflow.synthetic.fibres import FibreParams, make_fibre_image
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("bench_tta", REPO / "benchmarks" / "tta_ensemble.py")
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
@@ -31,7 +31,8 @@ def finished_run(root: Path) -> dict:
     cfg = {"results": "res", "device": "cpu",
            "datasets": {"mine": {"images": "imgs", "masks": "masks", "split": "test"},
                         "tr": {"images": "imgs", "masks": "masks", "split": "train"}},
-           "models": {m: {"arch": "unet", "params": {"base_width": 4, "depth": 2}, "predict": {"tile": 64, "overlap": 16}}
+           "models": {m: {"arch": "unet", "params": {"base_width": 4, "depth": 2},
+                          "predict": {"tile": 64, "overlap": 16}}
                       for m in ("u1", "u2")},
            "postprocess": {"min_size": 5}}
     for seed, m in enumerate(("u1", "u2")):
@@ -52,7 +53,8 @@ def test_every_model_and_setting_and_the_ensemble_are_scored(tmp_path, monkeypat
     assert config["models"]["u2"]["arch"] == "unet"  # a later file updates, it does not replace
     rows = bench.run(config, ["none", "dihedral"], None, "cpu")
     assert [(r["model"], r["tta"]) for r in rows] == [
-        ("u1", "none"), ("u2", "none"), ("u1+u2", "none"), ("u1", "dihedral"), ("u2", "dihedral"), ("u1+u2", "dihedral")]
+        ("u1", "none"), ("u2", "none"), ("u1+u2", "none"),
+        ("u1", "dihedral"), ("u2", "dihedral"), ("u1+u2", "dihedral")]
     for r in rows:
         assert r["dataset"] == "mine" and 0 <= r["pixel_f1_mean"] <= 1
     assert (tmp_path / "res" / "tta_ensemble" / "u1+u2" / "dihedral" / "mine" / "summary.json").exists()

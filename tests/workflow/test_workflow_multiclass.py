@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import tifffile
-
 from test_workflow import planned_jobs, smk, write_config
 
 CLASSES = ["gap", "cytoplasm", "boundary"]

@@ -13,7 +13,7 @@ from histoflow.datasets import resolve_dataset, resolve_datasets, split_test
 from histoflow.io import InputError
 from histoflow.synthetic.fibres import demo_stems
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_detection import exact_detector
 from torch import nn
 
 from histoflow.detection import Detections
 from histoflow.models import build_model
 from histoflow.train import TrainConfig, make_optimizers, train_instances
-from test_detection import exact_detector
 
 CPU = torch.device("cpu")
 
@@ -175,7 +175,8 @@ def test_train_instances_resumes_from_its_checkpoint_bitwise(tmp_path, monkeypat
 
     monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
-        train_instances(ExactInstanceModel(), exact_data(), None, cfg, CPU, tmp_path / "c.pt", run_key="m", progress=False)
+        train_instances(ExactInstanceModel(), exact_data(), None, cfg, CPU, tmp_path / "c.pt", run_key="m",
+                        progress=False)
     state = torch.load(tmp_path / "c.pt", weights_only=False)
     assert state["epoch"] == 1 and len(state["optimizers"]) == len(state["schedulers"]) == 2  # one per branch
     monkeypatch.setattr(train_mod, "save_checkpoint", original)

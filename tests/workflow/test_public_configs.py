@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 from snakemake.utils import update_config
-
-from histoflow.config import validate_config
 from test_workflow import planned_jobs, smk
 
-REPO = Path(__file__).resolve().parent.parent
+from histoflow.config import validate_config
+
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 
 # config file -> (folder under shared/datasets, test datasets, models)

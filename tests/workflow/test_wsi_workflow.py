@@ -17,6 +17,7 @@ import pytest
 import tifffile
 import torch
 import yaml
+from test_workflow import TINY, planned_jobs, smk, write_config
 
 from histoflow import wsi
 from histoflow.config import validate_config
@@ -28,8 +29,7 @@ from histoflow.stages.wsi import (
     run_slide_tissue,
 )
 from histoflow.synthetic.slides import write_synthetic_slide
-from test_workflow import TINY, planned_jobs, smk, write_config
-from test_wsi import GEOJSON_SCHEMA
+from support import GEOJSON_SCHEMA
 
 SLIDE_SHAPE = (900, 700)
 SLIDES = {

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("bench_accuracy", REPO / "benchmarks" / "accuracy.py")
 accuracy = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(accuracy)
@@ -56,7 +56,8 @@ def run(tmp_path: Path) -> Path:
         put(r / "metrics" / m / "glas_testA_summary.json", SUMMARY | {"object_f1_pooled": {"unet": 0.8, "mdn": 0.75,
                                                                                            "both": 0.81}[m]})
     put(r / "models" / "unet" / "spec.json", {"arch": "unet", "train_seconds": 100.0, "device": "cuda",
-                                              "kwargs": {"in_channels": 3, "out_channels": 1, "base_width": 8, "depth": 2}})
+                                              "kwargs": {"in_channels": 3, "out_channels": 1, "base_width": 8,
+                                                         "depth": 2}})
     put(r / "models" / "unet" / "history.tsv", history(2))
     put(r / "models" / "mdn" / "spec.json", {"arch": "vgg16_mdn", "train_seconds": 30.0, "device": "cuda",
                                              "device_name": "NVIDIA H200",
@@ -116,9 +117,11 @@ def test_dry_run_writes_nothing(run, tmp_path):
 
 
 @pytest.mark.parametrize("break_run, message", [
-    (lambda r: put(r / "res/metrics/unet/glas_testA_summary.json", SUMMARY | {"n_images": 1}), "1 of the 2 test images"),
+    (lambda r: put(r / "res/metrics/unet/glas_testA_summary.json", SUMMARY | {"n_images": 1}),
+     "1 of the 2 test images"),
     (lambda r: put(r / "res/models/unet/spec.json", {"arch": "unet", "train_seconds": 1.0, "device": "cpu",
-                                                     "kwargs": {"base_width": 4, "depth": 2}}), "not that config's run"),
+                                                     "kwargs": {"base_width": 4, "depth": 2}}),
+     "not that config's run"),
     (lambda r: put(r / "res/models/mdn/stage1/history.tsv", history(2)), "2 epoch(s) trained"),
     (lambda r: (r / "res/metrics/mdn/glas_testA_summary.json").unlink(), "has not finished"),
 ])

@@ -213,7 +213,8 @@ def test_deep_supervision_sums_weighted_side_losses():
     w = torch.ones_like(y)
     fused, sides = torch.randn(1, 1, 8, 8), [torch.randn(1, 1, 8, 8) for _ in range(5)]
     cfg = TrainConfig(loss="weighted_bce", fuse_weight=2.0, side_weights=[1, 0, 0.5, 0, 0])
-    expected = 2 * weighted_bce_loss(fused, y, w) + weighted_bce_loss(sides[0], y, w) + 0.5 * weighted_bce_loss(sides[2], y, w)
+    expected = (2 * weighted_bce_loss(fused, y, w) + weighted_bce_loss(sides[0], y, w)
+                + 0.5 * weighted_bce_loss(sides[2], y, w))
     assert float(training_loss((fused, sides), y, w, cfg)) == pytest.approx(float(expected), rel=1e-6)
     # a plain output (eval mode, or a model without side outputs): the loss of that output alone
     assert float(training_loss(fused, y, w, cfg)) == pytest.approx(float(weighted_bce_loss(fused, y, w)))

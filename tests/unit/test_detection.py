@@ -55,7 +55,8 @@ def exact_detector(size: int = 28, channel: int = 0, score=lambda v: v):
             lab = torch.from_numpy(cc_label(img[channel].numpy() > 0)).long()
             t = instance_targets(lab, min_area=1)
             v = torch.stack([img[0][lab == i].mean() for i in t["ids"].tolist()]) if len(t["ids"]) else torch.zeros(0)
-            out.append(Detections(t["boxes"].numpy(), score(v).detach().numpy(), box_masks(t["masks"], t["boxes"], size).numpy()))
+            out.append(Detections(t["boxes"].numpy(), score(v).detach().numpy(),
+                                  box_masks(t["masks"], t["boxes"], size).numpy()))
         return out
 
     return detect
@@ -78,7 +79,8 @@ def test_instance_targets_boxes_have_exclusive_far_edges_and_skip_slivers():
 def test_box_frame_masks_paste_back_to_the_objects():
     _, labels = disks_image((120, 140), n=12)
     t = instance_targets(torch.from_numpy(labels).long())
-    dets = Detections(t["boxes"].numpy(), np.linspace(1, 0.5, len(t["ids"])), box_masks(t["masks"], t["boxes"], 28).numpy())
+    dets = Detections(t["boxes"].numpy(), np.linspace(1, 0.5, len(t["ids"])),
+                      box_masks(t["masks"], t["boxes"], 28).numpy())
     pasted = instance_labels(dets, labels.shape, 0.5)
     assert pasted.max() == len(t["ids"])
     for k, gid in enumerate(t["ids"].tolist(), start=1):  # ids follow decreasing score

@@ -47,7 +47,7 @@ from staintools.tissue_masks.luminosity_threshold_tissue_locator import (  # noq
     LuminosityThresholdTissueLocator,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 TARGET = "glas/train/images/train_1.webp"
 SOURCES = [
     "glas/testA/images/testA_5.webp",

@@ -1,4 +1,4 @@
-"""Unit tests for the figures (histoflow.figures) and the report stage's tables (the full report is tested by the workflow)."""
+"""The figures (histoflow.figures) and the report stage's tables; the whole report is tested by the workflow."""
 
 from __future__ import annotations
 

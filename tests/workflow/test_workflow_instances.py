@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 import tifffile
+from test_workflow import planned_jobs, smk, write_config
 
 from histoflow.postprocess import vote_instances
-from test_workflow import planned_jobs, smk, write_config
 
 RCNN = {"arch": "mask_rcnn",
         "params": {"backbone": "resnet18", "anchor_sizes": [8, 16, 32, 64, 128], "detections_per_image": 40,

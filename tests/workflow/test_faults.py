@@ -58,9 +58,10 @@ def test_training_restarts_with_half_batch_on_oom(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_corrupt_image_fails_with_its_name_and_leaves_no_output(tmp_path):
+    from test_workflow import TINY, smk, write_config
+
     from histoflow.io import write_image
     from histoflow.synthetic.fibres import make_fibre_image
-    from test_workflow import TINY, smk, write_config
 
     for d in ("imgs", "masks"):
         (tmp_path / d).mkdir()

@@ -20,7 +20,7 @@ import torch
 
 from histoflow.patches import Patch, write_patch_store
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 TRAIN = """
 import sys, torch

@@ -1,6 +1,6 @@
 """The tiny workflow through ``profiles/slurm`` on a real SLURM, compared with a local run.
 
-Needs a SLURM with an idle node: ``bash .ci/slurm.sh python -m pytest -m slurm tests/test_slurm.py``
+Needs a SLURM with an idle node: ``bash .ci/slurm.sh python -m pytest -m slurm tests/workflow/test_slurm.py``
 starts a single-node one (partition ``ci``, one fake GPU) and stops it afterwards; without one these
 tests are skipped (under .ci/slurm.sh, which sets ``HISTOFLOW_SLURM_REQUIRED=1``, they fail
 instead). The SLURM run uses ``profiles/slurm`` as a facility would, plus the CI overlay
@@ -34,7 +34,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
 from test_workflow import REPO, SNAKEMAKE, TINY, smk, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -70,7 +69,8 @@ def merged_overlay(dest: Path) -> Path:
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             merged[key] = dict(base[key])
             for k, v in value.items():
-                merged[key][k] = {**base[key][k], **v} if isinstance(v, dict) and isinstance(base[key].get(k), dict) else v
+                nested = isinstance(v, dict) and isinstance(base[key].get(k), dict)
+                merged[key][k] = {**base[key][k], **v} if nested else v
         else:
             merged[key] = value
     dest.mkdir(parents=True, exist_ok=True)

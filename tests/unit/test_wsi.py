@@ -19,6 +19,7 @@ from histoflow.io import InputError, write_image
 from histoflow.models import build_model
 from histoflow.synthetic.slides import write_synthetic_slide
 from histoflow.tiling import predict_tiled
+from support import GEOJSON_SCHEMA
 
 MPP = 0.5
 
@@ -362,7 +363,8 @@ def test_store_layout_and_attributes(tmp_path):
     assert g["prob"].dtype == np.float32
     assert (np.asarray(g["prob"][:]) == 1).all()
     attrs = dict(g.attrs)
-    assert attrs["model"] == "m" and attrs["rows"] == [0, 2500] and attrs["stats"]["tiles"] == 12  # 1 + ceil(2244 / 224)
+    # 12 tiles = 1 + ceil(2244 / 224)
+    assert attrs["model"] == "m" and attrs["rows"] == [0, 2500] and attrs["stats"]["tiles"] == 12
 
 
 def test_limit_malloc_retention_runs():
@@ -371,7 +373,8 @@ def test_limit_malloc_retention_runs():
 
     code = "from histoflow.wsi import limit_malloc_retention as f; print(f())"  # process-wide: not in this one
     env = {**os.environ, "PYTHONPATH": str(Path(wsi.__file__).resolve().parents[2])}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.strip()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=env).stdout.strip()
     assert out == str(platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
 
 
@@ -507,28 +510,6 @@ def _blobs(shape=(300, 400), n=40, seed=0) -> np.ndarray:
         cy, cx, r = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(4, 11)
         prob = np.maximum(prob, np.clip(1.2 - np.hypot(yy - cy, xx - cx) / r, 0, 1))
     return prob
-
-
-GEOJSON_SCHEMA = {
-    "type": "object",
-    "required": ["type", "features"],
-    "properties": {
-        "type": {"const": "FeatureCollection"},
-        "features": {"type": "array", "items": {
-            "type": "object", "required": ["type", "geometry", "properties"],
-            "properties": {
-                "type": {"const": "Feature"},
-                "geometry": {"type": "object", "required": ["type", "coordinates"],
-                             "properties": {"type": {"enum": ["Polygon", "MultiPolygon"]},
-                                            "coordinates": {"type": "array", "minItems": 1}}},
-                "properties": {"type": "object", "required": ["objectType", "classification", "measurements"],
-                               "properties": {"objectType": {"const": "detection"},
-                                              "classification": {"type": "object", "required": ["name", "color"]},
-                                              "measurements": {"type": "object",
-                                                               "additionalProperties": {"type": "number"}}}},
-            }}},
-    },
-}
 
 
 def test_blockwise_instances_equal_whole_image_postprocessing(tmp_path):
