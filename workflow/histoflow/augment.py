@@ -84,8 +84,11 @@ PRESETS: dict[str, AugmentConfig] = {
 
 
 def augment_config(spec: bool | str | dict[str, Any] | AugmentConfig | None) -> AugmentConfig:
-    """Parse ``train.augment`` from the config: ``true`` (= ``dihedral``), ``false``, a preset name,
-    or ``{preset: name, <field>: value, ...}``. Unknown names and fields raise ValueError."""
+    """Parse ``train.augment`` from the config.
+
+    Accepts ``true`` (= ``dihedral``), ``false``, a preset name, or ``{preset: name, <field>: value, ...}``.
+    Unknown names and fields raise ValueError.
+    """
     if isinstance(spec, AugmentConfig):
         return spec
     if spec is None or spec is False:
@@ -118,9 +121,11 @@ def _coin(n: int, p: float, g: torch.Generator, device: torch.device) -> torch.T
 
 def sample_grid(n: int, size: tuple[int, int], cfg: AugmentConfig, g: torch.Generator,
                 device: torch.device | str = "cpu") -> torch.Tensor:
-    """Sampling grids ``(n, H, W, 2)`` in ``grid_sample``'s normalised coordinates (align_corners=False)
-    combining the continuous transforms of ``cfg`` (rotation, shear, scale, crop, shift, elastic);
-    all random draws come from ``g`` (on the CPU, so results do not depend on the device)."""
+    """Sampling grids ``(n, H, W, 2)`` in ``grid_sample``'s normalised coordinates (align_corners=False).
+
+    The grids combine the continuous transforms of ``cfg`` (rotation, shear, scale, crop, shift, elastic);
+    all random draws come from ``g`` (on the CPU, so results do not depend on the device).
+    """
     device = torch.device(device)
     h, w = size
     eye = torch.eye(2).repeat(n, 1, 1).to(device)
@@ -164,10 +169,12 @@ def _rotation(angle: torch.Tensor) -> torch.Tensor:
 
 def _elastic(n: int, h: int, w: int, alpha: torch.Tensor, sigma: float, g: torch.Generator,
              device: torch.device) -> torch.Tensor:
-    """Smooth random displacement (Simard et al. 2003): uniform noise in [-1, 1] per pixel and axis,
-    blurred by a normalised Gaussian of ``sigma`` pixels, times ``alpha`` (pixels) — the convention of
-    Simard et al., imgaug and the seed recipes, where alpha 5–10 with sigma 3 moves pixels by about
-    0.3–0.6 px RMS (smooth, tissue-like wobble). Returned in normalised grid units ``(n, H, W, 2)``."""
+    """Smooth random displacement (Simard et al. 2003) in normalised grid units ``(n, H, W, 2)``.
+
+    Uniform noise in [-1, 1] per pixel and axis, blurred by a normalised Gaussian of ``sigma`` pixels, times
+    ``alpha`` (pixels) — the convention of Simard et al., imgaug and the seed recipes, where alpha 5–10 with
+    sigma 3 moves pixels by about 0.3–0.6 px RMS (smooth, tissue-like wobble).
+    """
     noise = (torch.rand(n, 2, h, w, generator=g) * 2 - 1).to(device)
     radius = max(int(3 * sigma), 1)
     x = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
@@ -193,9 +200,12 @@ def warp(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str = "zeros")
 def augment(
     image: torch.Tensor, targets: list[torch.Tensor], cfg: AugmentConfig, g: torch.Generator,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Augment a batch: ``image (N, 3, H, W)`` float in [0, 1]; ``targets`` ``(N, C, H, W)`` each
-    (masks, labels, boundaries, weights), warped with nearest sampling and zero outside the patch
-    (weight 0 there, so the loss ignores pixels that came from outside). Returns new tensors."""
+    """Augment a batch: ``image (N, 3, H, W)`` float in [0, 1] and its ``targets``.
+
+    ``targets`` are ``(N, C, H, W)`` each (masks, labels, boundaries, weights), warped with nearest sampling
+    and zero outside the patch (weight 0 there, so the loss ignores pixels that came from outside). Returns
+    new tensors.
+    """
     n, _, h, w = image.shape
     if cfg.flip_p > 0 or cfg.rot90_p > 0:
         image, *targets = random_dihedral([image, *targets], cfg, g)
@@ -207,9 +217,12 @@ def augment(
 
 
 def random_dihedral(tensors: list[torch.Tensor], cfg: AugmentConfig, g: torch.Generator) -> list[torch.Tensor]:
-    """Exact flips (horizontal, vertical: each with ``flip_p``) and 90° rotations (``rot90_p``, by a
-    random multiple), the same for every tensor of a sample. Pure pixel permutations: no resampling.
-    Rotations by 90° or 270° need square patches (non-square samples are only flipped)."""
+    """Exact flips and 90° rotations, the same for every tensor of a sample.
+
+    Flips are horizontal and vertical, each with ``flip_p``; rotations (``rot90_p``) are by a random multiple
+    of 90°. Pure pixel permutations: no resampling. Rotations by 90° or 270° need square patches (non-square
+    samples are only flipped).
+    """
     n = tensors[0].shape[0]
     fx = (torch.rand(n, generator=g) < cfg.flip_p).tolist()
     fy = (torch.rand(n, generator=g) < cfg.flip_p).tolist()
@@ -293,9 +306,12 @@ def _hue_rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
 def augmentation_examples(
     images: np.ndarray, target: np.ndarray, spec: Any, seed: int, n: int = 6, labels: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` training patches as training augments them (``spec``: ``train.augment``), with
-    their target: ``uint8 (n, H, W, 3)`` images and ``(n, H, W)`` targets (``labels``: the target is an
-    instance label map, moved as integers), for the figure that shows a user what the model trained on."""
+    """The first ``n`` training patches as training augments them, with their target.
+
+    ``spec`` is ``train.augment``. Returns ``uint8 (n, H, W, 3)`` images and ``(n, H, W)`` targets
+    (``labels``: the target is an instance label map, moved as integers), for the figure that shows a user
+    what the model trained on.
+    """
     k = min(n, len(images))
     x = torch.from_numpy(np.ascontiguousarray(images[:k])).permute(0, 3, 1, 2).float() / 255.0
     y = torch.from_numpy(target[:k])[:, None]

@@ -47,8 +47,11 @@ def fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any] | 
 
 
 def _resolve(schema: Any, root: dict[str, Any]) -> Any:
-    """Follow a local ``$ref`` (``#/a/b``) to its target schema; keywords beside the ``$ref`` (a
-    ``default``, a ``description``) override the target's, as in JSON Schema 2020-12."""
+    """Follow a local ``$ref`` (``#/a/b``) to its target schema.
+
+    Keywords beside the ``$ref`` (a ``default``, a ``description``) override the target's, as in JSON
+    Schema 2020-12.
+    """
     while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("#/"):
         target: Any = root
         for part in schema["$ref"][2:].split("/"):
@@ -121,7 +124,7 @@ def check_ensembles(config: dict[str, Any]) -> list[str]:
 
 # Architectures that segment object instances through detections (histoflow.detection); kept here,
 # without importing torch, so the workflow checks them when it parses config.yaml.
-# tests/test_config.py checks it against the models' own ``instance_model`` flag.
+# tests/unit/test_config.py checks it against the models' own ``instance_model`` flag.
 INSTANCE_ARCHS = ("mask_rcnn", "usnet")
 
 

@@ -36,8 +36,11 @@ class Dataset:
 
 
 def split_stems(stems: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded split into (kept, held out) with ``fraction`` held out; at least one of each when there
-    are ≥ 2 stems and ``fraction > 0``. Used for test splits here and validation splits of patches."""
+    """Seeded split into (kept, held out) with ``fraction`` held out.
+
+    At least one of each when there are ≥ 2 stems and ``fraction > 0``. Used for test splits here and
+    validation splits of patches.
+    """
     if not 0 <= fraction < 1:
         raise ValueError(f"the held-out fraction (val_fraction, test_fraction) must be in [0, 1), got {fraction}")
     order = np.random.default_rng(seed).permutation(len(stems))
@@ -59,9 +62,11 @@ def split_test(stems: list[str], mode: str, test_fraction: float, seed: int) -> 
 
 
 def limit_stems(paths: dict[str, str], limit: int | None) -> dict[str, str]:
-    """The first ``limit`` entries of ``paths`` (stem → path) in sorted stem order (Python's string
-    order: ``train_1, train_10, train_11, ...``); all of them when ``limit`` is None. A subset for
-    quick runs (CI, trying out a config) that is the same on every machine."""
+    """The first ``limit`` entries of ``paths`` (stem → path) in sorted stem order.
+
+    The order is Python's string order (``train_1, train_10, train_11, ...``); all entries are returned when
+    ``limit`` is None. A subset for quick runs (CI, trying out a config) that is the same on every machine.
+    """
     if limit is None:
         return dict(paths)
     if limit < 1:
@@ -108,8 +113,10 @@ def resolve_datasets(config: dict[str, Any]) -> dict[str, Dataset]:
 
 
 def check_references(config: dict[str, Any], datasets: dict[str, Dataset]) -> None:
-    """Published results (``references:``) must name datasets that have test images: the report sets
-    them beside our scores on those images."""
+    """Published results (``references:``) must name datasets that have test images.
+
+    The report sets them beside our scores on those images.
+    """
     for name in config.get("references") or {}:
         if name not in datasets:
             raise InputError(f"references.{name}: no dataset of that name (datasets: {sorted(datasets)}). "

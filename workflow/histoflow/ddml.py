@@ -1,5 +1,7 @@
-"""Discriminative deep metric learning (DDML, Hu et al., CVPR 2014) on per-pixel features, and the
-1×1 discriminating layer that turns the learned metric into a refined foreground probability.
+"""Discriminative deep metric learning (DDML) on per-pixel features, and its 1×1 discriminating layer.
+
+DDML follows Hu et al., CVPR 2014; the 1×1 discriminating layer turns the learned metric into a refined
+foreground probability.
 
 Used by the scribble stage: pixels under a user's foreground / background scribbles (plus training
 pixels) give pairs; a small fully connected network ``f`` is trained so that pairs of the same class
@@ -26,8 +28,10 @@ def generalized_logistic(z: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
 
 
 class MetricNet(nn.Module):
-    """Fully connected embedding ``f``: ``(N, in_features)`` → ``(N, dims[-1])``, tanh activations
-    (as in DDML), the last layer linear."""
+    """Fully connected embedding ``f``: ``(N, in_features)`` → ``(N, dims[-1])``.
+
+    Tanh activations (as in DDML), the last layer linear.
+    """
 
     def __init__(self, in_features: int, dims: tuple[int, ...] = (64, 32)) -> None:
         super().__init__()
@@ -73,8 +77,10 @@ def ddml_loss(
 
 
 def sample_pairs(labels: np.ndarray, n_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs ``(i, j)`` ``(n_pairs,)`` each over ``labels`` ``(N,)`` (0/1), half of them same-class
-    and half different-class when both classes exist."""
+    """Index pairs ``(i, j)`` ``(n_pairs,)`` each over ``labels`` ``(N,)`` (0/1).
+
+    Half of them are same-class and half different-class when both classes exist.
+    """
     labels = np.asarray(labels)
     idx = [np.flatnonzero(labels == c) for c in (0, 1)]
     if any(len(a) == 0 for a in idx):

@@ -115,8 +115,10 @@ def instance_targets(labels: torch.Tensor, min_area: int = 4) -> dict[str, torch
 
 
 def box_masks(masks: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop each full-image mask ``(N, H, W)`` to its box and resize to ``(N, size, size)`` (RoI Align):
-    the target of a mask head that predicts in the box frame."""
+    """Crop each full-image mask ``(N, H, W)`` to its box and resize to ``(N, size, size)`` (RoI Align).
+
+    The result is the target of a mask head that predicts in the box frame.
+    """
     from torchvision.ops import roi_align
 
     if len(boxes) == 0:
@@ -134,7 +136,8 @@ def _box_window(box: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int,
     return (r0, r1, c0, c1) if r1 > r0 and c1 > c0 else None
 
 
-def paste_mask(mask: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> tuple[tuple[slice, slice], np.ndarray] | None:
+def paste_mask(mask: np.ndarray, box: np.ndarray,
+               shape: tuple[int, int]) -> tuple[tuple[slice, slice], np.ndarray] | None:
     """Resize a box-frame mask ``(M, M)`` onto the pixels its box covers (clipped to ``shape``).
 
     Returns ``(slices, values)`` with ``values`` the mask sampled (bilinear, edge values extended up
@@ -158,8 +161,10 @@ def paste_mask(mask: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> tup
 
 
 def filter_detections(dets: Detections, score_threshold: float, nms_iou: float) -> Detections:
-    """Drop detections scoring under ``score_threshold``, then suppress overlapping boxes (NMS at
-    ``nms_iou``); the survivors come sorted by decreasing score."""
+    """Drop detections scoring under ``score_threshold``, then suppress overlapping boxes (NMS at ``nms_iou``).
+
+    The survivors come sorted by decreasing score.
+    """
     from torchvision.ops import nms
 
     keep = np.flatnonzero(dets.scores >= score_threshold)
@@ -170,8 +175,11 @@ def filter_detections(dets: Detections, score_threshold: float, nms_iou: float) 
 
 
 def merged_probability(dets: Detections, shape: tuple[int, int], mask_threshold: float = 0.3) -> np.ndarray:
-    """The seed's merge map: every kept mask with pixels under ``mask_threshold`` zeroed, summed, and
-    clipped to [0, 1]. Thresholding it (0.5 by default) gives the merged foreground."""
+    """The seed's merge map: the sum of the kept masks, clipped to [0, 1].
+
+    Every kept mask has its pixels under ``mask_threshold`` zeroed before the sum. Thresholding the map (0.5
+    by default) gives the merged foreground.
+    """
     out = np.zeros(shape, np.float32)
     for box, mask in zip(dets.boxes, dets.masks, strict=True):
         pasted = paste_mask(mask, box, shape)
@@ -186,10 +194,13 @@ def merge_map_predictor(
     detect: Callable[[torch.Tensor], list[Detections]], score_threshold: float, nms_iou: float,
     mask_threshold: float = 0.3,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """An instance model as a probability predictor for the tiled and whole-slide runners: for a
-    batch ``(B, C, H, W)``, the :func:`merged_probability` of each tile's kept detections (score at
-    least ``score_threshold``, then NMS), ``float32 (B, 1, H, W)`` on the batch's device. Blended
-    over overlapping tiles and thresholded at 0.5, it is the seed's merge rule on images of any size."""
+    """An instance model as a probability predictor for the tiled and whole-slide runners.
+
+    For a batch ``(B, C, H, W)`` the predictor gives the :func:`merged_probability` of each tile's kept
+    detections (score at least ``score_threshold``, then NMS), ``float32 (B, 1, H, W)`` on the batch's
+    device. Blended over overlapping tiles and thresholded at 0.5, it is the seed's merge rule on images of
+    any size.
+    """
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
         shape = tuple(batch.shape[-2:])
@@ -202,9 +213,12 @@ def merge_map_predictor(
 
 def instance_labels(dets: Detections, shape: tuple[int, int], mask_threshold: float = 0.5,
                     min_size: int = 0) -> np.ndarray:
-    """The instance-preserving merge: each detection keeps its own id (1, 2, ... by decreasing
-    score), painted where its mask is at least ``mask_threshold`` on pixels no higher-scoring
-    detection took. Objects left with fewer than ``min_size`` pixels are dropped. ``int32 (H, W)``."""
+    """The instance-preserving merge of the detections into a label map ``int32 (H, W)``.
+
+    Each detection keeps its own id (1, 2, ... by decreasing score), painted where its mask is at least
+    ``mask_threshold`` on pixels no higher-scoring detection took. Objects left with fewer than ``min_size``
+    pixels are dropped.
+    """
     labels = np.zeros(shape, np.int32)
     order = np.argsort(-dets.scores, kind="stable")
     next_id = 1
@@ -223,9 +237,13 @@ def instance_labels(dets: Detections, shape: tuple[int, int], mask_threshold: fl
 
 # ------------------------------------------------------------------------------------ tiled detection
 def ownership_bounds(starts: list[int], tile: int, length: int) -> list[tuple[float, float]]:
-    """The interval of ``[0, length)`` each tile owns: boundaries at the middle of each overlap, so
-    every position belongs to exactly one tile and lies at least half an overlap inside it."""
-    cuts = [0.0] + [(s_next + s + tile) / 2 for s, s_next in zip(starts[:-1], starts[1:], strict=True)] + [float(length)]
+    """The interval of ``[0, length)`` each tile owns.
+
+    Boundaries lie at the middle of each overlap, so every position belongs to exactly one tile and lies at
+    least half an overlap inside it.
+    """
+    cuts = [0.0] + [(s_next + s + tile) / 2
+                    for s, s_next in zip(starts[:-1], starts[1:], strict=True)] + [float(length)]
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
@@ -287,10 +305,12 @@ def _chunks(items: list, n: int) -> Iterator[list]:
 
 
 def instance_detector(model, spec: dict[str, Any], predict: dict[str, Any], dev):
-    """An instance model's ``detect`` as the image and slide runners call it, and its detection
-    score threshold: ``predict.score_threshold``, or when null the one chosen on the validation
-    patches at training (``spec.json``). The detector runs under autocast and passes the score as
-    ``min_score``, so the mask/refine heads skip what the threshold drops anyway."""
+    """An instance model's ``detect`` as the image and slide runners call it, and its detection score threshold.
+
+    The threshold is ``predict.score_threshold``, or when null the one chosen on the validation patches at
+    training (``spec.json``). The detector runs under autocast and passes the score as ``min_score``, so the
+    mask/refine heads skip what the threshold drops anyway.
+    """
     from .device import autocast
 
 

@@ -54,9 +54,12 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x
 
 
-def load_for_inference(model_dir: str | os.PathLike[str], device: str = "auto") -> tuple[torch.nn.Module, dict[str, Any], torch.device]:
-    """A trained model folder (``model.pt`` + ``spec.json``) ready for inference on ``device``
-    (:func:`resolve_device`; channels_last on CUDA): ``(model, spec, device)``."""
+def load_for_inference(model_dir: str | os.PathLike[str],
+                       device: str = "auto") -> tuple[torch.nn.Module, dict[str, Any], torch.device]:
+    """A trained model folder (``model.pt`` + ``spec.json``) ready for inference on ``device``.
+
+    ``device`` is resolved by :func:`resolve_device`; channels_last on CUDA. Returns ``(model, spec, device)``.
+    """
     from .models import load_model
 
     dev = resolve_device(device)

@@ -1,5 +1,7 @@
-"""Figures: error overlays (a pure array function), training curves, augmented patches, morphometry
-histograms and class colours, as PNG files or as ``<img>`` tags with the PNG embedded (base64).
+"""Figures: error overlays, training curves, augmented patches, morphometry histograms and class colours.
+
+The error overlay is a pure array function. Figures are written as PNG files or as ``<img>`` tags with the PNG
+embedded (base64).
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ def pyplot():
 
 
 def error_overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """RGB ``uint8 (H, W, 3)``: ``image`` with false positives red, false negatives blue, and the
-    predicted instance contours in yellow. ``pred``/``gt`` are label maps (> 0 = foreground)."""
+    """RGB ``uint8 (H, W, 3)``: ``image`` with its errors and the predicted instance contours marked.
+
+    False positives are red, false negatives blue, and the predicted instance contours yellow. ``pred``/``gt``
+    are label maps (> 0 = foreground).
+    """
     from skimage.segmentation import find_boundaries
 
     if image.shape[:2] != pred.shape or pred.shape != gt.shape:
@@ -66,8 +71,10 @@ def plot_history(history: list[dict[str, float]], path: PathLike, dpi: int = 100
 
 
 def plot_augmented(images: np.ndarray, masks: np.ndarray, path: PathLike, title: str = "", dpi: int = 100) -> None:
-    """A row of augmented training patches ``(N, H, W, 3)`` with their masks ``(N, H, W)`` outlined, so a
-    user sees what the model trained on (integer masks are instance labels: every object outlined)."""
+    """A row of augmented training patches ``(N, H, W, 3)`` with their masks ``(N, H, W)`` outlined.
+
+    A user sees what the model trained on (integer masks are instance labels: every object outlined).
+    """
     from skimage.segmentation import find_boundaries
 
     plt = pyplot()
@@ -116,8 +123,10 @@ def column_label(column: str) -> str:
 
 
 def morphometry_figure(tables: dict[str, Any], dpi: int) -> str:
-    """Histograms of object area, minimum Feret diameter and eccentricity per model (tables from
-    :func:`load_morphometry`)."""
+    """Histograms of object area, minimum Feret diameter and eccentricity per model.
+
+    ``tables`` come from :func:`load_morphometry`.
+    """
     plt = pyplot()
     if not tables:
         return "<p>No objects.</p>"

@@ -63,8 +63,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path`` (e.g. a zarr store); on success it replaces
-    ``path``, on an exception it is removed and ``path`` is left as it was."""
+    """Yield a temporary folder beside ``path`` (e.g. a zarr store) that replaces ``path`` on success.
+
+    On an exception it is removed and ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

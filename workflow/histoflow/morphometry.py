@@ -37,8 +37,11 @@ def min_feret_diameter(coords: np.ndarray) -> float:
 def measure_objects(
     labels: np.ndarray, image: np.ndarray | None = None, pixel_size_um: float | None = None
 ) -> dict[int, dict[str, float]]:
-    """Measurements per object id of ``labels`` ``int (H, W)``; ``image`` ``(H, W[, C])`` adds the mean
-    intensity (grey: mean of channels). Units: µm and µm² when ``pixel_size_um`` is given, else px."""
+    """Measurements per object id of ``labels`` ``int (H, W)``.
+
+    ``image`` ``(H, W[, C])`` adds the mean intensity (grey: mean of channels). Units: µm and µm² when
+    ``pixel_size_um`` is given, else px.
+    """
     if labels.ndim != 2:
         raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
     s = pixel_size_um or 1.0

@@ -43,9 +43,11 @@ _PIXEL_DTYPES = {"images": np.uint8, "labels": np.int32, "classes": np.uint8, **
 
 
 def boundary_map(labels: np.ndarray, width: int = 1) -> np.ndarray:
-    """Object borders of an instance map: ``uint8 (H, W)``, 1 on the border pixels of every object
-    (both sides of a contact between two objects, and the object side of an object/background edge),
-    dilated to ``width`` pixels."""
+    """Object borders of an instance map: ``uint8 (H, W)``, 1 on the border pixels of every object.
+
+    Borders cover both sides of a contact between two objects, and the object side of an object/background
+    edge; they are dilated to ``width`` pixels.
+    """
     if labels.ndim != 2:
         raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
     b = find_boundaries(labels, connectivity=1, mode="inner")
@@ -90,9 +92,11 @@ def unet_weight_map(
 
 
 def class_balance_map(target: np.ndarray, clip: tuple[float, float] = (0.1, 10.0)) -> np.ndarray:
-    """Class-frequency balance ``float32 (H, W)`` of a binary target: ``N / (2 N_c)`` for a pixel of
-    class ``c`` (so both classes carry half the total weight and the mean weight is 1), clipped to
-    ``clip``; all ones when the target has a single class."""
+    """Class-frequency balance ``float32 (H, W)`` of a binary target: ``N / (2 N_c)`` for a pixel of class ``c``.
+
+    Both classes then carry half the total weight and the mean weight is 1. The weights are clipped to ``clip``;
+    all ones when the target has a single class.
+    """
     t = target > 0
     w = np.ones(t.shape, np.float32)
     n_pos = int(t.sum())
@@ -103,9 +107,11 @@ def class_balance_map(target: np.ndarray, clip: tuple[float, float] = (0.1, 10.0
 
 
 def distance_weight_map(boundaries: np.ndarray, w0: float = 10.0, sigma: float = 3.0) -> np.ndarray:
-    """Boundary term of the fibre loss ``float32 (H, W)``: ``1 + (w0 - 1) exp(-d^2 / (2 sigma^2))``
-    with ``d`` the Euclidean distance to the nearest boundary pixel — ``w0`` on the boundary, decaying
-    to 1 a few ``sigma`` away (all ones when there is no boundary or ``w0 <= 1``)."""
+    """Boundary term of the fibre loss ``float32 (H, W)``: ``1 + (w0 - 1) exp(-d^2 / (2 sigma^2))``.
+
+    ``d`` is the Euclidean distance to the nearest boundary pixel — ``w0`` on the boundary, decaying to 1 a
+    few ``sigma`` away (all ones when there is no boundary or ``w0 <= 1``).
+    """
     if boundaries.ndim != 2:
         raise ValueError(f"boundaries must be 2-D, got shape {boundaries.shape}")
     b = boundaries > 0
@@ -120,7 +126,8 @@ class Patch:
     """One training patch; arrays are ``(P, P[, 3])`` and ``origin`` its top-left (y, x) in the image.
 
     ``distance_weights`` and ``balance`` (target name → class-balance map) are the fibre loss's
-    precomputed terms; left out, they default to 1 on valid pixels (``weights > 0``)."""
+    precomputed terms; left out, they default to 1 on valid pixels (``weights > 0``).
+    """
 
     image: np.ndarray
     labels: np.ndarray
@@ -153,8 +160,7 @@ class Patch:
 
 
 def pad_to(image: np.ndarray, maps: list[np.ndarray], size: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Pad image (reflect) and per-pixel maps (0: unlabelled, and ignored by the loss) up to ``size``
-    on each side."""
+    """Pad image (reflect) and per-pixel maps (0: unlabelled, and ignored by the loss) up to ``size`` on each side."""
     ph, pw = max(size - image.shape[0], 0), max(size - image.shape[1], 0)
     if not (ph or pw):
         return image, maps
@@ -256,7 +262,8 @@ def write_patch_store(
     return counts
 
 
-def read_patch_group(path: str | os.PathLike[str], group: str, fields: tuple[str, ...] = FIELDS) -> dict[str, np.ndarray]:
+def read_patch_group(path: str | os.PathLike[str], group: str,
+                     fields: tuple[str, ...] = FIELDS) -> dict[str, np.ndarray]:
     """Load ``fields`` of a whole group into memory (fine for training sets of a few thousand patches)."""
     with h5py.File(Path(path), "r") as f:
         if group not in f:
@@ -282,13 +289,15 @@ def extract_dataset_patches(
     out_store: str | os.PathLike[str],
     classes: list[str] | None = None,
 ) -> tuple[dict[str, int], dict[str, list[tuple[str, str]]]]:
-    """Split each dataset's training images into train/val and write all their patches to the HDF5 store
-    ``out_store``; returns the patch counts and the ``(dataset, stem)`` pairs of each role.
+    """Split each dataset's training images into train/val and write all their patches to the HDF5 store.
+
+    The store is ``out_store``. Returns the patch counts and the ``(dataset, stem)`` pairs of each role.
 
     ``normalized_dirs`` maps each dataset to the folder of its normalized ``<stem>.png`` images.
 
     With ``classes`` (a multi-class workflow) the masks are class masks; their per-class components
-    are the instance labels behind the boundary and contour-aware weight maps."""
+    are the instance labels behind the boundary and contour-aware weight maps.
+    """
     from .io import read_rgb
     from .semantic import class_instances, read_truth
 

@@ -95,11 +95,13 @@ def instances_from_mask(mask: np.ndarray, split: str = "watershed", h: float = 2
 
 
 def grow_instances(labels: np.ndarray, prob: np.ndarray, grow: int) -> np.ndarray:
-    """Grow each instance by up to ``grow`` pixels (city-block), by a watershed on ``-prob``
-    (boundary-aware: neighbours meet where the probability is lowest, i.e. on the predicted
-    boundary), so objects predicted without their boundary band (target ``interiors``) get their full
-    extent back. The band is an erosion by the same diamond, so growing inverts it exactly up to
-    a morphological opening (a convex object loses nothing but sharp corner pixels)."""
+    """Grow each instance by up to ``grow`` pixels (city-block), by a watershed on ``-prob``.
+
+    The watershed is boundary-aware: neighbours meet where the probability is lowest, i.e. on the predicted
+    boundary, so objects predicted without their boundary band (target ``interiors``) get their full extent
+    back. The band is an erosion by the same diamond, so growing inverts it exactly up to a morphological
+    opening (a convex object loses nothing but sharp corner pixels).
+    """
     if grow <= 0 or not labels.any():
         return labels
     reach = ndi.binary_dilation(labels > 0, structure=ndi.generate_binary_structure(2, 1), iterations=grow)
@@ -118,8 +120,10 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
 
 
 def recentre(prob: np.ndarray, threshold: float) -> np.ndarray:
-    """Monotone piecewise-linear map of probabilities that sends ``threshold`` to 0.5 (0 and 1 stay),
-    so an energy whose decision point is 0.5 decides at the chosen threshold."""
+    """Monotone piecewise-linear map of probabilities that sends ``threshold`` to 0.5 (0 and 1 stay).
+
+    An energy whose decision point is 0.5 then decides at the chosen threshold.
+    """
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     p = prob.astype(np.float32)
@@ -137,7 +141,8 @@ def postprocess(
     for models of object interiors (target ``interiors``): the network has already separated touching
     objects by predicting their boundaries as background, so the connected interiors are the markers
     (``cfg.split`` is not used: a distance-transform watershed would split elongated interiors), grown
-    back by ``grow`` pixels (the boundary width) with :func:`grow_instances`."""
+    back by ``grow`` pixels (the boundary width) with :func:`grow_instances`.
+    """
     th = cfg.threshold if cfg.threshold is not None else default_threshold
     if cfg.graphcut:
         from .graphcut import graphcut
@@ -262,8 +267,10 @@ def vote_instances(
 
 
 def instance_growth(spec: dict[str, Any]) -> int:
-    """How far instances are grown after thresholding: the boundary width for a model of object
-    interiors, else 0. A model of boundaries alone cannot give instances."""
+    """How far instances are grown after thresholding: the boundary width for a model of object interiors, else 0.
+
+    A model of boundaries alone cannot give instances.
+    """
     target = spec.get("target", "masks")
     if target == "boundaries":
         raise ValueError(f"model {spec.get('arch')!r} was trained on target boundaries, which gives no objects: "

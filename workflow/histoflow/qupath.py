@@ -44,16 +44,6 @@ from scipy import ndimage as ndi
 
 from .io import InputError, atomic_path
 
-__all__ = [
-    "SCRIBBLE_CLASSES",
-    "geometry_mask",
-    "instances_to_geojson",
-    "iter_features",
-    "rasterize_annotations",
-    "read_annotations",
-    "write_features",
-]
-
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 

@@ -1,5 +1,7 @@
-"""Scribbles of serial-section stacks: simulated annotator strokes from a ground-truth mask (the paper's
-experiments), and reading scribbles drawn by hand (label or RGB TIFF stacks, QuPath GeoJSON).
+"""Scribbles of serial-section stacks: simulated annotator strokes and scribbles drawn by hand.
+
+Strokes are simulated from a ground-truth mask (the paper's experiments); scribbles drawn by hand are read from
+label or RGB TIFF stacks and QuPath GeoJSON.
 """
 
 from __future__ import annotations

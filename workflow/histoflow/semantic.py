@@ -1,5 +1,4 @@
-"""Multi-class (semantic) segmentation: class masks, the Tanimoto loss, argmax post-processing and
-per-class metrics.
+"""Multi-class (semantic) segmentation: class masks, the Tanimoto loss, argmax post-processing and per-class metrics.
 
 A workflow is multi-class when ``classes:`` in ``config.yaml`` names its classes (index 0 first,
 usually the background). Masks then hold a class per pixel: integer class indices, other grey values
@@ -71,8 +70,10 @@ def read_class_mask(
 
 
 def read_truth(dataset: dict[str, Any], stem: str, classes: list[str] | None) -> np.ndarray:
-    """The ground truth of one image of a dataset table: a class mask ``uint8`` in a multi-class
-    workflow (``classes``), else instance labels ``int32``."""
+    """The ground truth of one image of a dataset table.
+
+    A class mask ``uint8`` in a multi-class workflow (``classes``), else instance labels ``int32``.
+    """
     from .io import read_labels
 
     path = dataset["masks"][stem]
@@ -82,9 +83,11 @@ def read_truth(dataset: dict[str, Any], stem: str, classes: list[str] | None) ->
 
 
 def class_instances(classes: np.ndarray, background: int = 0) -> np.ndarray:
-    """Connected components of every non-background class, numbered across classes ``int32 (H, W)``
-    (0 = background): two touching objects of one class are one component, objects of different
-    classes never share an id. Feeds :func:`histoflow.patches.unet_weight_map`."""
+    """Connected components of every non-background class, numbered across classes ``int32 (H, W)``.
+
+    0 = background. Two touching objects of one class are one component, objects of different classes never
+    share an id. Feeds :func:`histoflow.patches.unet_weight_map`.
+    """
     out = np.zeros(classes.shape, np.int32)
     offset = 0
     for c in np.unique(classes):
@@ -126,16 +129,19 @@ def tanimoto_loss(
         return (ab + smooth) / ((w * (a * a + b * b)).sum(dims) - ab + smooth)
 
     t_c = 0.5 * (tanimoto(p, y) + tanimoto(1 - p, 1 - y))
-    k = torch.ones(n_cls, device=p.device) if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=p.device)
+    k = (torch.ones(n_cls, device=p.device) if class_weights is None
+         else torch.as_tensor(class_weights, dtype=torch.float32, device=p.device))
     if k.numel() != n_cls:
         raise ValueError(f"class_weights has {k.numel()} entries for {n_cls} classes")
     return 1 - (k * t_c).sum() / k.sum()
 
 
 def cleanup_classes(classes: np.ndarray, min_size: int = 0, background: int = 0) -> np.ndarray:
-    """Per-class cleanup of an argmax map ``(H, W)``: every connected region of a non-background
-    class smaller than ``min_size`` pixels takes the class of the nearest pixel outside all such
-    small regions (its surroundings), so no pixel is left unassigned."""
+    """Per-class cleanup of an argmax map ``(H, W)``: small regions take the class of their surroundings.
+
+    Every connected region of a non-background class smaller than ``min_size`` pixels takes the class of the
+    nearest pixel outside all such small regions (its surroundings), so no pixel is left unassigned.
+    """
     if min_size <= 0:
         return classes.copy()
     small = np.zeros(classes.shape, bool)
@@ -169,8 +175,8 @@ def class_metrics(cm: np.ndarray, names: list[str] | None = None) -> dict[str, A
 
     Per class ``c``: ``dice_c``, ``f1_c`` (pixel F1, equal to Dice), ``jaccard_c``, ``precision_c``,
     ``recall_c``; plus ``pixel_accuracy`` and the unweighted means over classes ``mean_dice``,
-    ``mean_f1``, ``mean_jaccard``, ``mean_precision``, ``mean_recall``. A class absent from both truth and prediction scores 1
-    (nothing to find, nothing wrongly found); keys use ``names`` when given.
+    ``mean_f1``, ``mean_jaccard``, ``mean_precision``, ``mean_recall``. A class absent from both truth
+    and prediction scores 1 (nothing to find, nothing wrongly found); keys use ``names`` when given.
     """
     cm = np.asarray(cm, np.float64)
     n = cm.shape[0]

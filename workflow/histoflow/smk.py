@@ -31,10 +31,12 @@ def run_logged(snakemake: Any, fn: Callable[[], Any]) -> Any:
 
 
 def torch_threads(n: int) -> None:
-    """Give torch the job's ``threads:`` without importing it: most rules never use torch, and its
-    import costs seconds and hundreds of MB. Already imported, it is told directly; otherwise
-    ``OMP_NUM_THREADS`` (which Snakemake already sets to the job's threads) sizes its thread pool
-    when a stage imports it."""
+    """Give torch the job's ``threads:`` without importing it.
+
+    Most rules never use torch, and its import costs seconds and hundreds of MB. Already imported, it is told
+    directly; otherwise ``OMP_NUM_THREADS`` (which Snakemake already sets to the job's threads) sizes its
+    thread pool when a stage imports it.
+    """
     n = max(int(n or 1), 1)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)

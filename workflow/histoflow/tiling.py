@@ -100,8 +100,11 @@ def tta_predictor(
 
 
 def _pairwise_mean(outs: list[torch.Tensor]) -> torch.Tensor:
-    """Mean by pairwise halving: exact (bitwise) when all inputs are equal and their count is a
-    power of two (1, 2, 4, 8 transforms), unlike a running sum."""
+    """Mean by pairwise halving.
+
+    Exact (bitwise) when all inputs are equal and their count is a power of two (1, 2, 4, 8 transforms),
+    unlike a running sum.
+    """
     while len(outs) > 1:
         if len(outs) % 2:
             return torch.stack(outs).mean(0)

@@ -1,5 +1,6 @@
-"""Training loop: BCE + Dice (optionally weight-mapped) or the fibre network's weighted BCE, deep
-supervision, AdamW, cosine schedule, resumable.
+"""Training loop: BCE + Dice or weighted BCE, deep supervision, AdamW, cosine schedule, resumable.
+
+The loss is BCE + Dice (optionally weight-mapped) or the fibre network's weighted BCE.
 
 The loop is a handful of small functions rather than a trainer class:
 
@@ -139,8 +140,11 @@ def segmentation_loss(
 def cross_entropy_loss(
     logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, class_weights: list[float] | None = None
 ) -> torch.Tensor:
-    """Pixel-weighted cross-entropy normalised by ``Σ weights``: softmax over ``C > 1`` classes with
-    ``target`` class indices ``(N, 1, H, W)`` (optionally class-weighted), else sigmoid BCE."""
+    """Pixel-weighted cross-entropy normalised by ``Σ weights``.
+
+    Softmax over ``C > 1`` classes with ``target`` class indices ``(N, 1, H, W)`` (optionally
+    class-weighted), else sigmoid BCE.
+    """
     if logits.shape[1] == 1:
         return weighted_bce_loss(logits, target.float(), weights)
     cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
@@ -148,7 +152,8 @@ def cross_entropy_loss(
     return (ce * weights).sum() / weights.sum().clamp_min(1e-6)
 
 
-def multiclass_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+def multiclass_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+                         eps: float = 1.0) -> torch.Tensor:
     """1 − mean over classes of the soft Dice of the softmax, ignoring pixels where ``valid`` is 0."""
     p = torch.softmax(logits.float(), dim=1) * valid
     y = F.one_hot(target[:, 0].long(), logits.shape[1]).permute(0, 3, 1, 2).float() * valid
@@ -157,9 +162,12 @@ def multiclass_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torc
 
 
 def reliability_mask(logits: torch.Tensor, target: torch.Tensor, level: float) -> torch.Tensor:
-    """The reliability switch: 0 where the network predicts the opposite of the label with
-    probability above ``level`` (a likely annotation error), else 1. Computed without gradient, so
-    the switched-off pixels stay in the forward pass but send nothing back."""
+    """The reliability switch: 0 where the label is a likely annotation error, else 1.
+
+    A label counts as a likely error where the network predicts the opposite of it with probability above
+    ``level``. Computed without gradient, so the switched-off pixels stay in the forward pass but send
+    nothing back.
+    """
     with torch.no_grad():
         p = torch.sigmoid(logits.float())
         contrary = torch.where(target > 0.5, 1.0 - p, p)
@@ -216,10 +224,13 @@ def split_outputs(out: torch.Tensor | tuple) -> tuple[torch.Tensor, list[torch.T
     return fused, list(sides)
 
 
-def training_loss(out: torch.Tensor | tuple, target: torch.Tensor, weights: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """The configured loss on a model's output: ``L(out)`` for a plain tensor; with deep supervision
-    (``(fused, sides)``, training mode) ``fuse_weight × L(fused) + Σ side_weights[k] × L(side_k)``
-    (side weights default to 1)."""
+def training_loss(out: torch.Tensor | tuple, target: torch.Tensor, weights: torch.Tensor,
+                  cfg: TrainConfig) -> torch.Tensor:
+    """The configured loss on a model's output.
+
+    ``L(out)`` for a plain tensor; with deep supervision (``(fused, sides)``, training mode)
+    ``fuse_weight × L(fused) + Σ side_weights[k] × L(side_k)`` (side weights default to 1).
+    """
 
     def one(logits: torch.Tensor) -> torch.Tensor:
         if cfg.loss == "weighted_bce":
@@ -325,13 +336,15 @@ def predict_batches(model: nn.Module, images: torch.Tensor, device: torch.device
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int) -> int:
-    """Recompute every BatchNorm layer's running mean/variance as the exact average over ``images``
-    (one pass, no gradient, dropout off); returns the number of BatchNorm layers.
+    """Recompute every BatchNorm layer's running mean/variance as the exact average over ``images``.
+
+    One pass, no gradient, dropout off; returns the number of BatchNorm layers.
 
     The running statistics are exponential averages collected while the weights were still moving,
     so after a short schedule they lag the final network and eval-mode predictions suffer (most in deep
     residual nets without pooling, e.g. Res-CR-Net); re-estimating them with the final weights removes
-    that mismatch, as stochastic weight averaging does."""
+    that mismatch, as stochastic weight averaging does.
+    """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or len(images) == 0:
         return 0
@@ -353,8 +366,11 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.
 
 
 def centre_crop(t, size: tuple[int, int]):
-    """The centred ``size`` window of the last two axes of ``t`` (tensor or array): the targets of a
-    model whose output covers only the centre of its input (multi-field-of-view nets)."""
+    """The centred ``size`` window of the last two axes of ``t`` (tensor or array).
+
+    Used for the targets of a model whose output covers only the centre of its input (multi-field-of-view
+    nets).
+    """
     h, w = t.shape[-2:]
     oh, ow = int(size[0]), int(size[1])
     if (oh, ow) == (h, w):
@@ -365,7 +381,8 @@ def centre_crop(t, size: tuple[int, int]):
     return t[..., y : y + oh, x : x + ow]
 
 
-def choose_threshold(prob: np.ndarray, target: np.ndarray, valid: np.ndarray, thresholds: list[float]) -> tuple[float, float]:
+def choose_threshold(prob: np.ndarray, target: np.ndarray, valid: np.ndarray,
+                     thresholds: list[float]) -> tuple[float, float]:
     """Threshold maximising pixel Dice on the validation patches; returns ``(threshold, dice)``."""
     p, t = prob[valid], target[valid].astype(bool)
     best = (0.5, -1.0)
@@ -484,7 +501,8 @@ def run_epochs(
                 loss = step_loss(idx, gen)
                 if not torch.isfinite(loss.detach()):
                     raise FloatingPointError(
-                        f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}: the run "
+                        f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, "
+                        f"step {step + 1}: the run "
                         f"diverged. Lower train.lr (now {cfg.lr}), add warm-up (train.warmup_epochs) or clip "
                         "gradients (train.grad_clip); the last good epoch's checkpoint is kept.")
                 for opt in opts:
@@ -634,8 +652,10 @@ def train_instances(
 @torch.no_grad()
 def detect_patches(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int,
                    min_score: float = 0.0) -> list:
-    """The model's detections (:class:`histoflow.detection.Detections`) scoring at least
-    ``min_score`` on ``uint8 (N, H, W, 3)`` patches."""
+    """The model's detections (:class:`histoflow.detection.Detections`) scoring at least ``min_score``.
+
+    ``images`` are ``uint8 (N, H, W, 3)`` patches.
+    """
     model.eval()
     x = images_to_tensor(images)
     found = []
@@ -649,9 +669,11 @@ def validate_instances(
     found: list, labels: np.ndarray, score_thresholds: tuple[float, ...], nms_iou: float = 0.5,
     mask_threshold: float = 0.5,
 ) -> dict[float, dict[str, float]]:
-    """Mean AJI (patches with objects) and pooled pixel Dice of the instances made from the
-    detections ``found`` on each validation patch against its ``labels``, for each detection score
-    threshold."""
+    """Mean AJI and pooled pixel Dice on the validation patches, for each detection score threshold.
+
+    The AJI is averaged over the patches with objects. Both score the instances made from the detections
+    ``found`` on each validation patch against its ``labels``.
+    """
     from .detection import filter_detections, instance_labels
     from .metrics import aji
 
@@ -705,11 +727,11 @@ def write_history_tsv(history: list[dict[str, float]], path: str | os.PathLike[s
 
 
 def train_with_oom_fallback(model, train, val, cfg, dev, checkpoint: Path, run_key: Any, train_fn=None):
-    """``train_fn`` (default :func:`train_model`), restarted from the initial weights with half the
-    batch size on CUDA out-of-memory.
+    """``train_fn`` (default :func:`train_model`), restarted with half the batch size on CUDA out-of-memory.
 
-    A job that asked for too large a batch still finishes (more slowly, with a warning in its log)
-    instead of failing after the queue wait; ``cfg.batch_size`` is updated to the size that worked.
+    Each restart begins from the initial weights. A job that asked for too large a batch still finishes (more
+    slowly, with a warning in its log) instead of failing after the queue wait; ``cfg.batch_size`` is updated
+    to the size that worked.
     """
     import copy
 

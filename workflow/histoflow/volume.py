@@ -439,5 +439,6 @@ def stack_as_dataset(stack_dir: PathLike) -> tuple[dict[str, Any], str]:
     stems = sorted(p.stem for p in (d / "labels").glob("*.png"))
     if not stems:
         raise ValueError(f"{d}/labels: no label slices; the training stack needs labels")
-    return ({"images": {s: str(d / f"{s}.png") for s in stems}, "masks": {s: str(d / "labels" / f"{s}.png") for s in stems},
+    return ({"images": {s: str(d / f"{s}.png") for s in stems},
+             "masks": {s: str(d / "labels" / f"{s}.png") for s in stems},
              "mask_type": "binary", "train": stems, "test": []}, str(d))

@@ -1,13 +1,13 @@
-"""Binary graph-cut refinement of a foreground probability map (2D images and 3D stacks).
+r"""Binary graph-cut refinement of a foreground probability map (2D images and 3D stacks).
 
 Given a foreground probability map ``h`` (values in ``[0, 1]``) and, optionally, the image ``x``,
 :func:`graphcut` returns the binary labelling ``l`` (``True`` = foreground) that minimises
 
 .. math::
 
-    E(l) = \\sum_v |l_v - h_v|
-           + \\gamma \\sum_{(v, v')} [l_v \ne l_{v'}] \\, f_{v v'}
-             \\left(\\exp(-\\lVert x_v - x_{v'} \rVert^2 / \\sigma^2) + \\delta\right)
+    E(l) = \sum_v |l_v - h_v|
+           + \gamma \sum_{(v, v')} [l_v \ne l_{v'}] \, f_{v v'}
+             \left(\exp(-\lVert x_v - x_{v'} \rVert^2 / \sigma^2) + \delta\right)
 
 exactly, by one s-t minimum cut (PyMaxflow, Boykov-Kolmogorov). The unary cost of label 1 is
 ``1 - h_v`` and of label 0 is ``h_v``; the pairwise term is a Potts term on neighbouring pixels

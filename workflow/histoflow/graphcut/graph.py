@@ -1,5 +1,6 @@
-"""The graph of the energy: input checks, neighbourhoods and their edge weights, terminal capacities from the
-probability and the seeds, and :func:`energy` itself.
+"""The graph of the energy: input checks, neighbourhoods, terminal capacities and :func:`energy` itself.
+
+Neighbourhoods come with their edge weights; terminal capacities come from the probability and the seeds.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""Choosing ``gamma``, ``sigma`` and ``delta`` by a grid search on validation data.
-"""
+"""Choosing ``gamma``, ``sigma`` and ``delta`` by a grid search on validation data."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The minimum cut: :func:`graphcut` on the whole image or volume, and :func:`graphcut_banded` on the uncertain
-band only (:func:`uncertain_band`), the fast path for large volumes.
+"""The minimum cut, on the whole image or volume (:func:`graphcut`) or on the uncertain band only.
+
+:func:`graphcut_banded` cuts the uncertain band only (:func:`uncertain_band`), the fast path for large volumes.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""The muscle-fibre protocol: per-fibre precision / recall / F1 and their fixed- and dynamic-threshold summaries.
-"""
+"""The muscle-fibre protocol: per-fibre precision / recall / F1 and their fixed- and dynamic-threshold summaries."""
 
 from __future__ import annotations
 
@@ -63,7 +62,11 @@ def fixed_and_dynamic_thresholds(
     at_dt = s[np.arange(len(s)), dt]
     ddof = 1 if len(s) > 1 else 0
     for k, name in enumerate(names):
-        out[f"ft_{name}_mean"], out[f"ft_{name}_sd"] = float(np.mean(s[:, ft, k])), float(np.std(s[:, ft, k], ddof=ddof))
-        out[f"dt_{name}_mean"], out[f"dt_{name}_sd"] = float(np.mean(at_dt[:, k])), float(np.std(at_dt[:, k], ddof=ddof))
+        out[f"ft_{name}_mean"], out[f"ft_{name}_sd"] = (
+            float(np.mean(s[:, ft, k])), float(np.std(s[:, ft, k], ddof=ddof))
+        )
+        out[f"dt_{name}_mean"], out[f"dt_{name}_sd"] = (
+            float(np.mean(at_dt[:, k])), float(np.std(at_dt[:, k], ddof=ddof))
+        )
     return out
 

@@ -1,5 +1,7 @@
-"""Nucleus-instance metrics from the same overlap table: AJI (Kumar et al. 2017), AJI+, panoptic quality
-(Kirillov et al. 2019), and detection average precision at IoU 0.5.
+"""Nucleus-instance metrics from the same overlap table: AJI, AJI+, panoptic quality and detection AP.
+
+AJI (Kumar et al. 2017), AJI+, panoptic quality (Kirillov et al. 2019), and detection average precision at
+IoU 0.5.
 """
 
 from __future__ import annotations
@@ -51,9 +53,11 @@ def aji(pred_labels: np.ndarray, gt_labels: np.ndarray) -> float:
 
 
 def _one_to_one(m: ObjectMatch, min_iou: float) -> tuple[np.ndarray, np.ndarray]:
-    """Pair indices (into the pair table) of a one-to-one matching maximising the summed IoU over
-    pairs with IoU > ``min_iou`` (Hungarian algorithm; for ``min_iou >= 0.5`` the matching is unique
-    and no optimisation is needed)."""
+    """Pair indices (into the pair table) of a one-to-one matching maximising the summed IoU.
+
+    Only pairs with IoU > ``min_iou`` are matched (Hungarian algorithm; for ``min_iou >= 0.5`` the matching is
+    unique and no optimisation is needed).
+    """
     from scipy.optimize import linear_sum_assignment
 
     inter, union = _pair_iou(m)
@@ -74,8 +78,10 @@ def _one_to_one(m: ObjectMatch, min_iou: float) -> tuple[np.ndarray, np.ndarray]
 
 
 def aji_plus(pred_labels: np.ndarray, gt_labels: np.ndarray) -> float:
-    """AJI+ (Graham et al., HoVer-Net, MedIA 2019): AJI with a one-to-one pairing of maximal summed
-    IoU, so one large predicted object is not counted against several ground-truth objects."""
+    """AJI+ (Graham et al., HoVer-Net, MedIA 2019): AJI with a one-to-one pairing of maximal summed IoU.
+
+    With that pairing, one large predicted object is not counted against several ground-truth objects.
+    """
     m = match_objects(pred_labels, gt_labels)
     if m.n_gt == 0 and m.n_pred == 0:
         return 1.0
@@ -138,9 +144,11 @@ def match_detections(
 
 
 def average_precision(scores: np.ndarray, is_tp: np.ndarray, n_gt: int) -> float:
-    """VOC (2010+) all-point interpolated average precision: the area under the precision–recall
-    curve after making precision monotonically non-increasing. No ground truth → 1.0 if there is
-    no detection either, else 0.0."""
+    """VOC (2010+) all-point interpolated average precision: the area under the precision–recall curve.
+
+    The area is taken after making precision monotonically non-increasing. No ground truth → 1.0 if there is no
+    detection either, else 0.0.
+    """
     if n_gt == 0:
         return 1.0 if len(scores) == 0 else 0.0
     order = np.argsort(-np.asarray(scores, float), kind="stable")

@@ -1,6 +1,7 @@
-"""Object metrics of the GlaS challenge (Sirinukunwattana et al., Medical Image Analysis 35, 2017) on two
-instance label images, from one overlap table (:class:`ObjectMatch`): detection counts and object F1,
-object Dice, object Hausdorff.
+"""Object metrics of the GlaS challenge: detection counts and object F1, object Dice, object Hausdorff.
+
+The metrics of Sirinukunwattana et al. (Medical Image Analysis 35, 2017) on two instance label images, all from
+one overlap table (:class:`ObjectMatch`).
 """
 
 from __future__ import annotations
@@ -241,8 +242,10 @@ def object_f1(pred_labels: np.ndarray, gt_labels: np.ndarray) -> float:
 
 
 def _object_dice_terms(m: ObjectMatch) -> tuple[float, float]:
-    """``(sum_i |G_i| Dice(G_i, S*(G_i)), sum_j |S_j| Dice(G*(S_j), S_j))``: the two area-weighted
-    sums of :func:`object_dice` before dividing by the total areas (0 for an empty side)."""
+    """The two area-weighted sums of :func:`object_dice` before dividing by the total areas.
+
+    ``(sum_i |G_i| Dice(G_i, S*(G_i)), sum_j |S_j| Dice(G*(S_j), S_j))`` (0 for an empty side).
+    """
 
     def side(best: np.ndarray, best_overlap: np.ndarray, areas: np.ndarray, other_areas: np.ndarray) -> float:
         if areas.size == 0:
@@ -360,9 +363,11 @@ def _object_hausdorff(m: ObjectMatch) -> float:
 
 
 def _object_hausdorff_terms(m: ObjectMatch) -> tuple[float, float]:
-    """``(sum_i |G_i| H(G_i, S*(G_i)), sum_j |S_j| H(G*(S_j), S_j))``: the two area-weighted sums of
-    :func:`object_hausdorff` before dividing by the total areas. When the other side has no object,
-    every object's distance is the image diagonal (as in :func:`object_hausdorff`)."""
+    """The two area-weighted sums of :func:`object_hausdorff` before dividing by the total areas.
+
+    ``(sum_i |G_i| H(G_i, S*(G_i)), sum_j |S_j| H(G*(S_j), S_j))``. When the other side has no object, every
+    object's distance is the image diagonal (as in :func:`object_hausdorff`).
+    """
     if m.n_gt == 0 or m.n_pred == 0:
         diagonal = float(np.hypot(*m.shape))
         return diagonal * float(np.sum(m.gt_areas)), diagonal * float(np.sum(m.pred_areas))

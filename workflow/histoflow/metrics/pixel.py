@@ -1,5 +1,4 @@
-"""Pixel metrics of two binary masks (anything ``> 0`` is foreground), and the input checks all metrics share.
-"""
+"""Pixel metrics of two binary masks (anything ``> 0`` is foreground), and the input checks all metrics share."""
 
 from __future__ import annotations
 

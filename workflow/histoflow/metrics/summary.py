@@ -1,5 +1,7 @@
-"""Every instance metric of one image from one pass (:func:`evaluate_instances`), and the summary of a data
-set's per-image rows (:func:`summarize`: mean, sd, and the pooled GlaS object scores).
+"""Every instance metric of one image from one pass, and the summary of a data set's per-image rows.
+
+:func:`evaluate_instances` gives the metrics of one image; :func:`summarize` gives the mean, sd, and the pooled
+GlaS object scores of the rows.
 """
 
 from __future__ import annotations
@@ -64,10 +66,12 @@ POOLING_TERMS = ("gt_area", "pred_area", "object_dice_gt_sum", "object_dice_pred
 
 
 def _pooled_object_score(rows: Sequence[Mapping[str, object]], name: str, empty: float) -> float:
-    """GlaS object Dice or Hausdorff (``name``) over all objects of a data set: each side's
-    area-weighted sum over every image divided by that side's total area over every image, averaged
-    over the two sides. A side without any object in the whole set drops out (the other side's
-    objects then have no partner: Dice 0, Hausdorff the image diagonal); ``empty`` when both do."""
+    """GlaS object Dice or Hausdorff (``name``) over all objects of a data set.
+
+    Each side's area-weighted sum over every image is divided by that side's total area over every image, and
+    the two sides are averaged. A side without any object in the whole set drops out (the other side's objects
+    then have no partner: Dice 0, Hausdorff the image diagonal); ``empty`` when both do.
+    """
     sides = []
     for side, area in (("gt", "gt_area"), ("pred", "pred_area")):
         total = sum(float(r[area]) for r in rows)

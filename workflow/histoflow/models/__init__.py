@@ -93,7 +93,8 @@ def load_initial_weights(model: nn.Module, path: str | os.PathLike[str], whole_m
     elif hasattr(model, "load_pretrained"):
         model.load_pretrained(path)
     else:
-        missing, unexpected = model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=False)
+        missing, unexpected = model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True),
+                                                    strict=False)
         log.info("initialised from %s (missing %d, unexpected %d keys)", path, len(missing), len(unexpected))
 
 

@@ -122,11 +122,13 @@ class VGG16MultiDecoder(nn.Module):
         return (fused, sides) if self.training else fused
 
     def load_pretrained(self, path: str | os.PathLike[str]) -> int:
-        """Initialise the encoder from a local torchvision VGG16 / VGG16-BN state dict (e.g.
-        ``vgg16-397923af.pth``); its classifier is ignored. Returns the number of tensors loaded.
+        """Initialise the encoder from a local torchvision VGG16 / VGG16-BN state dict.
+
+        The file is e.g. ``vgg16-397923af.pth``; its classifier is ignored. Returns the number of tensors loaded.
 
         Raises ``ValueError`` naming the file and the setting to change when the file's layout does
-        not match this encoder (width, batch norm, input channels). Never downloads anything."""
+        not match this encoder (width, batch norm, input channels). Never downloads anything.
+        """
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: VGG16 weight file not found (models.<name>.weights in config.yaml).")

@@ -108,7 +108,7 @@ class MaskRCNN(nn.Module):
         self.backbone_name = backbone
 
     def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None):
-        """torchvision's call: losses (training, with ``targets``) or detection dicts (eval)."""
+        """Torchvision's call: losses (training, with ``targets``) or detection dicts (eval)."""
         return self.net(list(images), targets)
 
     def instance_losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -122,9 +122,11 @@ class MaskRCNN(nn.Module):
         return {k.removeprefix("loss_"): v.float() for k, v in losses.items()}
 
     def detect(self, images: torch.Tensor, min_score: float = 0.0) -> list[Detections]:
-        """Detections per image scoring above ``max(score_floor, min_score)``, with their unpasted
-        28 × 28 masks (box frame). The mask head only runs on those: an undertrained model's few
-        hundred low-score boxes per patch would otherwise each cost a mask-head pass."""
+        """Detections per image scoring above ``max(score_floor, min_score)``, with their unpasted masks.
+
+        The masks are 28 × 28, in the box frame. The mask head only runs on those detections: an undertrained
+        model's few hundred low-score boxes per patch would otherwise each cost a mask-head pass.
+        """
         net = self.net
         floor = net.roi_heads.score_thresh
         il, _ = net.transform(list(images.float()))
@@ -142,9 +144,11 @@ class MaskRCNN(nn.Module):
         return {"all": [p for p in self.parameters() if p.requires_grad]}
 
     def load_pretrained(self, path: str | os.PathLike[str]) -> None:
-        """Initialise from a local file: a torchvision Mask R-CNN state dict (keys ``backbone.…``,
-        ``rpn.…``, ``roi_heads.…``; tensors whose shape differs are skipped) or a ResNet state dict
-        (keys ``conv1.…``, ``layer1.…``) for the backbone only."""
+        """Initialise from a local file: a torchvision Mask R-CNN or a ResNet state dict.
+
+        A Mask R-CNN state dict has keys ``backbone.…``, ``rpn.…``, ``roi_heads.…`` (tensors whose shape differs
+        are skipped); a ResNet state dict (keys ``conv1.…``, ``layer1.…``) initialises the backbone only.
+        """
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]

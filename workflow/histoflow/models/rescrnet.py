@@ -27,8 +27,10 @@ from . import register_model
 
 
 def lstm_update(i: torch.Tensor, f: torch.Tensor, o: torch.Tensor, g: torch.Tensor, c: torch.Tensor):
-    """The LSTM state update from gate pre-activations: ``c' = σ(f) c + σ(i) tanh(g)``,
-    ``h' = σ(o) tanh(c')``; returns ``(h', c')``."""
+    """The LSTM state update from gate pre-activations; returns ``(h', c')``.
+
+    ``c' = σ(f) c + σ(i) tanh(g)``, ``h' = σ(o) tanh(c')``.
+    """
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
 
@@ -56,8 +58,7 @@ class ConvLSTMCell(nn.Module):
             self.conv.bias[hidden : 2 * hidden] = 1.0
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """``x (N, C_in, *S)`` and ``(h, c)`` each ``(N, hidden, *S)`` (zeros when ``None``) →
-        the new ``(h, c)``."""
+        """``x (N, C_in, *S)`` and ``(h, c)`` each ``(N, hidden, *S)`` (zeros when ``None``) → the new ``(h, c)``."""
         if state is None:
             z = x.new_zeros((x.shape[0], self.hidden, *x.shape[2:]))
             state = (z, z)
@@ -66,9 +67,10 @@ class ConvLSTMCell(nn.Module):
 
 
 class GroupedConvLSTM(nn.Module):
-    """``groups`` independent 1-D ConvLSTMs (each exactly a :class:`ConvLSTMCell`) stepped in lockstep:
-    one grouped convolution per time step computes every group's gates, so four directional scans
-    cost one sequential pass instead of four (the time loop, not the arithmetic, bounds the speed).
+    """``groups`` independent 1-D ConvLSTMs (each exactly a :class:`ConvLSTMCell`) stepped in lockstep.
+
+    One grouped convolution per time step computes every group's gates, so four directional scans cost one
+    sequential pass instead of four (the time loop, not the arithmetic, bounds the speed).
 
     ``forward(seq, first, last)`` runs groups ``first .. last - 1`` on ``seq (N, T, last - first, C, L)``
     and returns their hidden sequences ``(N, T, last - first, hidden, L)``.
@@ -126,8 +128,10 @@ class StemBlock(nn.Module):
 
 
 class ConvResBlock(nn.Module):
-    """Three parallel separable atrous branches (one dilation each), merged, projected, added to the
-    input; LeakyReLU; Spatial Dropout."""
+    """Three parallel separable atrous branches (one dilation each), merged, projected, added to the input.
+
+    Then LeakyReLU and Spatial Dropout.
+    """
 
     def __init__(self, channels: int, kernel: int, dilations: tuple[int, ...], merge: str, slope: float,
                  dropout: float) -> None:
@@ -150,12 +154,15 @@ class ConvResBlock(nn.Module):
 
 
 class LSTMResBlock(nn.Module):
-    """Bidirectional ConvLSTMs over the rows (each row a time step) and over the columns of the
-    feature map; the four directional outputs are summed and added to the shortcut.
+    """Bidirectional ConvLSTMs over the rows and over the columns of the feature map, with a shortcut.
+
+    Each row is a time step of the row scans (each column of the column scans); the four directional outputs
+    are summed and added to the shortcut.
 
     The four scans are groups of one :class:`GroupedConvLSTM` (row forward, row backward, column
     forward, column backward): on a square map they run in one pass of ``H`` steps, otherwise rows
-    and columns take one pass each."""
+    and columns take one pass each.
+    """
 
     def __init__(self, channels: int, hidden: int, kernel: int, slope: float) -> None:
         super().__init__()
@@ -225,7 +232,8 @@ class ResCRNet(nn.Module):
         self.stem = StemBlock(in_channels, filters, kernel_size, slope)
         self.conv_blocks = nn.Sequential(*(ConvResBlock(filters, kernel_size, dilations, merge, slope, dropout)
                                            for _ in range(n_conv)))
-        self.lstm_blocks = nn.Sequential(*(LSTMResBlock(filters, lstm_hidden, lstm_kernel, slope) for _ in range(n_lstm)))
+        self.lstm_blocks = nn.Sequential(*(LSTMResBlock(filters, lstm_hidden, lstm_kernel, slope)
+                                           for _ in range(n_lstm)))
         self.head = nn.Conv2d(filters, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

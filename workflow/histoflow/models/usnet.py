@@ -79,9 +79,11 @@ def _centre_size(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 def encode_boxes(gt: torch.Tensor, anchors: torch.Tensor,
                  variances: tuple[float, float] = (0.1, 0.2)) -> torch.Tensor:
-    """Regression targets ``(..., 4)`` of boxes ``gt (..., 4)`` xyxy against ``anchors (..., 4)``:
-    ``((x - x_a) / w_a / v0, (y - y_a) / h_a / v0, log(w / w_a) / v1, log(h / h_a) / v1)`` on the
-    centres and sizes (SSD; ``variances=(1, 1)`` is Faster R-CNN's encoding)."""
+    """Regression targets ``(..., 4)`` of boxes ``gt (..., 4)`` xyxy against ``anchors (..., 4)``.
+
+    The targets are ``((x - x_a) / w_a / v0, (y - y_a) / h_a / v0, log(w / w_a) / v1, log(h / h_a) / v1)``
+    on the centres and sizes (SSD; ``variances=(1, 1)`` is Faster R-CNN's encoding).
+    """
     gx, gy, gw, gh = _centre_size(gt)
     ax, ay, aw, ah = _centre_size(anchors)
     v0, v1 = variances
@@ -91,8 +93,10 @@ def encode_boxes(gt: torch.Tensor, anchors: torch.Tensor,
 
 def decode_boxes(deltas: torch.Tensor, anchors: torch.Tensor,
                  variances: tuple[float, float] = (0.1, 0.2)) -> torch.Tensor:
-    """Inverse of :func:`encode_boxes`: deltas ``(..., 4)`` + anchors ``(..., 4)`` → xyxy boxes ``(..., 4)``
-    (log-scales clipped at ``log(1000 / 16)`` so an untrained head cannot overflow)."""
+    """Inverse of :func:`encode_boxes`: deltas ``(..., 4)`` + anchors ``(..., 4)`` → xyxy boxes ``(..., 4)``.
+
+    Log-scales are clipped at ``log(1000 / 16)`` so an untrained head cannot overflow.
+    """
     ax, ay, aw, ah = _centre_size(anchors)
     v0, v1 = variances
     x = ax + deltas[..., 0] * v0 * aw
@@ -104,9 +108,12 @@ def decode_boxes(deltas: torch.Tensor, anchors: torch.Tensor,
 
 def match_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, pos_iou: float = 0.5,
                   neg_iou: float = 0.4) -> torch.Tensor:
-    """Assign anchors ``(A, 4)`` to ground-truth boxes ``(G, 4)``: ``int64 (A,)`` holding the matched
-    box index for IoU ≥ ``pos_iou``, −1 (negative) under ``neg_iou`` and −2 (ignored) in between.
-    Each box's best anchor is made positive for it whatever its IoU, so no object goes unmatched."""
+    """Assign anchors ``(A, 4)`` to ground-truth boxes ``(G, 4)``: ``int64 (A,)``.
+
+    The result holds the matched box index for IoU ≥ ``pos_iou``, −1 (negative) under ``neg_iou`` and −2
+    (ignored) in between. Each box's best anchor is made positive for it whatever its IoU, so no object goes
+    unmatched.
+    """
     from torchvision.ops import box_iou
 
     if not 0 <= neg_iou <= pos_iou <= 1:
@@ -130,10 +137,12 @@ def enlarge_boxes(boxes: torch.Tensor, margin: float) -> torch.Tensor:
 # -------------------------------------------------------------------------------------------- losses
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0,
                weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Sigmoid focal loss (Lin et al. 2017), element-wise, same shape as ``logits``:
-    ``-α_t (1 - p_t)**γ log(p_t)`` with ``p_t = p`` and ``α_t = α`` where the target is 1, ``1 - p``
-    and ``1 - α`` where it is 0; times ``weights`` (broadcast) when given. Computed from the logits
-    (``log p_t`` is minus the binary cross-entropy), so it stays finite for any logit."""
+    """Sigmoid focal loss (Lin et al. 2017), element-wise, same shape as ``logits``.
+
+    The loss is ``-α_t (1 - p_t)**γ log(p_t)`` with ``p_t = p`` and ``α_t = α`` where the target is 1,
+    ``1 - p`` and ``1 - α`` where it is 0; times ``weights`` (broadcast) when given. Computed from the
+    logits (``log p_t`` is minus the binary cross-entropy), so it stays finite for any logit.
+    """
     if not 0 <= alpha <= 1 or gamma < 0:
         raise ValueError(f"need 0 <= alpha <= 1 and gamma >= 0, got alpha={alpha}, gamma={gamma}")
     logits, targets = logits.float(), targets.float()
@@ -145,11 +154,11 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
 
 
 def class_weights_from_segmentation(seg_prob: torch.Tensor, min_fraction: float = 0.01) -> torch.Tensor:
-    """The seed's η: ``float32 (B, 2)`` = ``(η_bg, η_fg)`` per image from its foreground probability
-    ``seg_prob (B, ...)``.
+    """The seed's η: ``float32 (B, 2)`` = ``(η_bg, η_fg)`` per image from its foreground probability ``seg_prob``.
 
-    ``η_c = sqrt(S_all / Ŝ_c)`` with ``S_all`` the number of pixels, ``Ŝ_fg = Σ p`` and ``Ŝ_bg =
-    Σ (1 - p)`` (detached: η steers the detector, it is not a target for the segmentation). The rarer
+    ``seg_prob`` is ``(B, ...)``. ``η_c = sqrt(S_all / Ŝ_c)`` with ``S_all`` the number of pixels,
+    ``Ŝ_fg = Σ p`` and ``Ŝ_bg = Σ (1 - p)`` (detached: η steers the detector, it is not a target for the
+    segmentation). The rarer
     class, as the segmentation branch sees it, weighs more: an image 10 % foreground gives η_fg ≈ 3.2,
     η_bg ≈ 1.05. ``Ŝ_c`` is clamped to at least ``min_fraction · S_all`` so that an empty (or full)
     prediction caps η at ``1 / sqrt(min_fraction)``. Positive anchors get η_fg, negatives η_bg.
@@ -300,8 +309,10 @@ class USNet(nn.Module):
         return {"seg": bb.head(x)[..., :h, :w], "cls": cls, "box": box, "anchors": anc}
 
     def refine_logits(self, stack: torch.Tensor, boxes: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
-        """Mask logits ``(N, S, S)`` of crop boxes ``(N, 4)`` (already enlarged) of ``stack (B, 4, H,
-        W)`` (image + segmentation probability); ``batch_index (N,)`` says which image each is in."""
+        """Mask logits ``(N, S, S)`` of crop boxes ``(N, 4)`` (already enlarged) of ``stack (B, 4, H, W)``.
+
+        ``stack`` is image + segmentation probability; ``batch_index (N,)`` says which image each box is in.
+        """
         from torchvision.ops import roi_align
 
         rois = torch.cat([batch_index[:, None].to(boxes.dtype), boxes], 1).float()
@@ -310,17 +321,22 @@ class USNet(nn.Module):
         return self.refine(crops)[:, 0].float()
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``segmentation`` (U-Net backbone + its head), ``detection`` (RetinaNet head) and
-        ``refinement`` (refine net): disjoint, together all parameters."""
+        """Parameter groups ``segmentation``, ``detection`` and ``refinement``: disjoint, together all parameters.
+
+        ``segmentation`` is the U-Net backbone + its head, ``detection`` the RetinaNet head and ``refinement``
+        the refine net.
+        """
         return {"segmentation": list(self.backbone.parameters()), "detection": list(self.det_head.parameters()),
                 "refinement": list(self.refine.parameters())}
 
     # ------------------------------------------------------------------------------------ training
     def instance_losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Loss terms of a batch: ``images (B, C, H, W)`` float in [0, 1], ``labels (B, H, W)`` int64
-        instance ids. Returns ``conf`` (η-weighted focal loss / positives), ``loc`` (α · smooth-L1 /
-        positives), ``seg`` (β · L1 between probability and foreground) and ``refine`` (BCE + soft
-        Dice of the refine net on jittered, enlarged ground-truth boxes)."""
+        """Loss terms of a batch: ``images (B, C, H, W)`` float in [0, 1], ``labels (B, H, W)`` int64 instance ids.
+
+        Returns ``conf`` (η-weighted focal loss / positives), ``loc`` (α · smooth-L1 / positives), ``seg``
+        (β · L1 between probability and foreground) and ``refine`` (BCE + soft Dice of the refine net on
+        jittered, enlarged ground-truth boxes).
+        """
         if images.ndim != 4 or labels.shape != (images.shape[0], *images.shape[2:]):
             raise ValueError(f"need images (B, C, H, W) and labels (B, H, W), got {tuple(images.shape)} "
                              f"and {tuple(labels.shape)}")
@@ -353,8 +369,11 @@ class USNet(nn.Module):
 
     def _refine_loss(self, images: torch.Tensor, seg_prob: torch.Tensor,
                      crops: list[tuple[int, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """BCE + soft Dice of the refine net on at most ``refine_batch`` random ``(image index, crop
-        box (4,), instance mask (H, W))`` crops; the segmentation input is detached."""
+        """BCE + soft Dice of the refine net on at most ``refine_batch`` random crops.
+
+        Each crop is ``(image index, crop box (4,), instance mask (H, W))``; the segmentation input is
+        detached.
+        """
         if len(crops) > self.refine_batch:
             crops = [crops[j] for j in torch.randperm(len(crops))[: self.refine_batch].tolist()]
         boxes = torch.stack([b for _, b, _ in crops])
@@ -365,10 +384,12 @@ class USNet(nn.Module):
 
     # ----------------------------------------------------------------------------------- inference
     def detect(self, images: torch.Tensor, min_score: float = 0.0) -> list[Detections]:
-        """One :class:`~histoflow.detection.Detections` per image of ``images (B, C, H, W)``: boxes
-        scoring ≥ ``max(score_floor, min_score)`` and centred in the image, NMS at ``nms_iou``, the best
-        ``max_detections``, each refined. Boxes are the enlarged crop boxes and masks the refine
-        net's ``(refine_size, refine_size)`` probabilities in them (call in eval mode, no grad)."""
+        """One :class:`~histoflow.detection.Detections` per image of ``images (B, C, H, W)``.
+
+        Boxes scoring ≥ ``max(score_floor, min_score)`` and centred in the image, NMS at ``nms_iou``, the
+        best ``max_detections``, each refined. Boxes are the enlarged crop boxes and masks the refine net's
+        ``(refine_size, refine_size)`` probabilities in them (call in eval mode, no grad).
+        """
         h, w = images.shape[-2:]
         out = self(images)
         seg_prob = torch.sigmoid(out["seg"].float())

@@ -1,5 +1,4 @@
-"""Stage of ``rules/data.smk``: the embedded synthetic demo dataset.
-"""
+"""Stage of ``rules/data.smk``: the embedded synthetic demo dataset."""
 
 from __future__ import annotations
 
@@ -14,8 +13,11 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
 def run_demo_data(out_dir: PathLike, demo: dict[str, Any]) -> list[str]:
-    """Generate the synthetic muscle-fibre dataset into ``out_dir/images`` and ``out_dir/labels``, and
-    its 3-class masks (gap / cytoplasm / boundary) into ``out_dir/classes``."""
+    """Generate the synthetic muscle-fibre dataset and its 3-class masks.
+
+    Images go into ``out_dir/images``, labels into ``out_dir/labels`` and the 3-class masks (gap / cytoplasm /
+    boundary) into ``out_dir/classes``.
+    """
     from ..synthetic.fibres import FibreParams, fibre_classes, make_demo_dataset
 
     out = Path(out_dir)

@@ -1,5 +1,4 @@
-"""Stage of ``rules/evaluate.smk``: metrics of the test images, per-fibre thresholds, QuPath / morphometry export.
-"""
+"""Stage of ``rules/evaluate.smk``: metrics of the test images, per-fibre thresholds, QuPath / morphometry export."""
 
 from __future__ import annotations
 
@@ -20,8 +19,10 @@ def run_export_objects(
     instances_dir: PathLike, normalized_dir: PathLike, pixel_size_um: float | None, classification: str,
     out_dir: PathLike,
 ) -> None:
-    """Per image: QuPath GeoJSON of the instances with their measurements; per dataset:
-    ``morphometry.tsv`` (one row per object: image, id and every measurement)."""
+    """Per image, QuPath GeoJSON of the instances with their measurements; per dataset, ``morphometry.tsv``.
+
+    ``morphometry.tsv`` has one row per object: image, id and every measurement.
+    """
     import pandas as pd
 
     from ..io import atomic_path, read_image
@@ -98,9 +99,12 @@ def run_evaluate_fibres(
     pred_dir: PathLike, spec_json: PathLike, postprocess_cfg: dict[str, Any], dataset: dict[str, Any],
     thresholds: list[float], out_tsv: PathLike, out_summary: PathLike, normalized_dir: PathLike | None = None,
 ) -> dict[str, Any]:
-    """Per-fibre precision / recall / F1 of every test image at every threshold (instances made by
-    the configured post-processing at that threshold), and their fixed-threshold (FT) and
-    dynamic-threshold (DT) summaries (:func:`histoflow.metrics.fixed_and_dynamic_thresholds`)."""
+    """Per-fibre precision / recall / F1 of every test image at every threshold, and their summaries.
+
+    At each threshold, the instances are made by the configured post-processing at that threshold. The summaries
+    are the fixed-threshold (FT) and dynamic-threshold (DT) ones
+    (:func:`histoflow.metrics.fixed_and_dynamic_thresholds`).
+    """
     import dataclasses
 
     import pandas as pd
@@ -138,9 +142,11 @@ def run_evaluate_fibres(
 def evaluate_classes(
     classes_dir: PathLike, dataset: dict[str, Any], classes: list[str], out_tsv: PathLike, out_summary: PathLike,
 ) -> dict[str, Any]:
-    """Per-class Dice, F1, Jaccard, precision, recall and pixel accuracy of every test image (rows), and
-    a summary with their mean ± sd over images, the same scores of the pooled confusion matrix
-    (``pooled_*``) and that matrix itself (``confusion``, rows = truth)."""
+    """Per-class Dice, F1, Jaccard, precision, recall and pixel accuracy of every test image, and a summary.
+
+    The test images are the rows. The summary holds their mean ± sd over images, the same scores of the pooled
+    confusion matrix (``pooled_*``) and that matrix itself (``confusion``, rows = truth).
+    """
     import pandas as pd
 
     from ..io import atomic_path, read_image

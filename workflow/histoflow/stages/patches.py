@@ -1,5 +1,4 @@
-"""Stage of ``rules/patches.smk``: the HDF5 patch stores of the training images and of a volume's training stack.
-"""
+"""Stage of ``rules/patches.smk``: the HDF5 patch stores of the training images and of a volume's training stack."""
 
 from __future__ import annotations
 
@@ -24,7 +23,8 @@ def run_extract_patches(
     """The patch store of the datasets' training images (split into train / val) and the split as JSON.
 
     With ``classes`` (a multi-class workflow) the masks are class masks; their per-class components
-    are the instance labels behind the boundary and contour-aware weight maps."""
+    are the instance labels behind the boundary and contour-aware weight maps.
+    """
     from ..patches import extract_dataset_patches
 
     counts, roles = extract_dataset_patches(datasets, normalized_dirs, patches, seed, out_store, classes)

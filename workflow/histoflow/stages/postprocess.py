@@ -1,5 +1,4 @@
-"""Stage of ``rules/postprocess.smk``: probability maps to instance (or class) label images.
-"""
+"""Stage of ``rules/postprocess.smk``: probability maps to instance (or class) label images."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Stage of ``rules/predict.smk``: tiled inference on the normalized test images, and ensembles of models.
-"""
+"""Stage of ``rules/predict.smk``: tiled inference on the normalized test images, and ensembles of models."""
 
 from __future__ import annotations
 
@@ -20,8 +19,10 @@ def run_predict(
     model_dir: PathLike, normalized_dir: PathLike, stems: list[str], predict: dict[str, Any], device: str,
     out_dir: PathLike,
 ) -> None:
-    """Tiled inference: ``out_dir/<stem>.tif`` float32 foreground probability ``(H, W)`` per image, or
-    the class probabilities ``(C, H, W)`` (softmax, averaged across overlaps) of a multi-class model."""
+    """Tiled inference: ``out_dir/<stem>.tif`` float32 foreground probability ``(H, W)`` per image.
+
+    A multi-class model gives the class probabilities ``(C, H, W)`` instead (softmax, averaged across overlaps).
+    """
     import torch
 
     from ..device import load_for_inference
@@ -54,11 +55,13 @@ def predict_instances(
     model, spec: dict[str, Any], normalized_dir: PathLike, stems: list[str], predict: dict[str, Any], dev,
     out_dir: PathLike,
 ) -> None:
-    """Tiled detection with an instance model. Per image: ``<stem>.tif``, the seed's merge map (kept
-    masks with pixels under ``mask_threshold`` zeroed, summed, clipped to [0, 1]; thresholded at
-    the spec's 0.5 by the ``merge`` post-processing) and ``instances/<stem>.tif``, each kept detection
-    with its own id (the ``preserve`` post-processing). Kept = score at least ``score_threshold``
-    (null: the one chosen on the validation patches), then NMS at ``nms_iou``."""
+    """Tiled detection with an instance model.
+
+    Per image: ``<stem>.tif``, the seed's merge map (kept masks with pixels under ``mask_threshold`` zeroed,
+    summed, clipped to [0, 1]; thresholded at the spec's 0.5 by the ``merge`` post-processing) and
+    ``instances/<stem>.tif``, each kept detection with its own id (the ``preserve`` post-processing). Kept = score
+    at least ``score_threshold`` (null: the one chosen on the validation patches), then NMS at ``nms_iou``.
+    """
     import torch
 
     from ..detection import (
@@ -100,16 +103,21 @@ def run_ensemble_predict(member_dirs: list[PathLike], weights: list[float] | Non
     out.mkdir(parents=True, exist_ok=True)
     stems = sorted(p.stem for p in Path(member_dirs[0]).glob("*.tif"))
     for stem in stems:
-        acc = sum(wi * read_image(Path(d) / f"{stem}.tif").astype(np.float64) for wi, d in zip(w, member_dirs, strict=True))
+        acc = sum(
+            wi * read_image(Path(d) / f"{stem}.tif").astype(np.float64) for wi, d in zip(w, member_dirs, strict=True)
+        )
         write_image(out / f"{stem}.tif", np.asarray(acc, np.float32))
     log.info("averaged %d members over %d images (weights %s)", len(member_dirs), len(stems), w.round(3).tolist())
 
 
 def run_ensemble_vote(member_dirs: list[PathLike], weights: list[float] | None, vote_fraction: float,
                       out_dir: PathLike) -> None:
-    """Instance voting (:func:`histoflow.postprocess.vote_instances`) between the members'
-    post-processed instances (``<stem>.tif`` in every member folder). Writes ``instances/<stem>.tif``,
-    the voted objects, and ``<stem>.tif``, the weighted fraction of members covering each pixel."""
+    """Instance voting (:func:`histoflow.postprocess.vote_instances`) between the members' instances.
+
+    The members' post-processed instances are ``<stem>.tif`` in every member folder. Writes
+    ``instances/<stem>.tif``, the voted objects, and ``<stem>.tif``, the weighted fraction of members covering
+    each pixel.
+    """
     from ..io import read_image
     from ..postprocess import vote_instances
 

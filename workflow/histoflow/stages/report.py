@@ -1,6 +1,7 @@
-"""Stage of ``rules/report.smk``: one self-contained HTML page (figures embedded as base64, so the file can be
-e-mailed) from the workflow's outputs: metrics, published references, training, stain normalization,
-overlays, objects, per-fibre thresholds, classes and volumes.
+"""Stage of ``rules/report.smk``: one self-contained HTML page from the workflow's outputs.
+
+Figures are embedded as base64, so the file can be e-mailed. The page shows metrics, published references,
+training, stain normalization, overlays, objects, per-fibre thresholds, classes and volumes.
 """
 
 from __future__ import annotations
@@ -86,9 +87,11 @@ def _format_metric(key: str, value: float | None) -> str:
 
 
 def model_timing(results: str, model: str, dataset: str) -> dict[str, Any]:
-    """Wall-clock training seconds (both stages of a two-stage model), inference seconds on ``dataset``
-    (the ``predict`` job's benchmark file) and the device they ran on, from a finished run; ``None``
-    where the run has no such record (an ensemble is not trained)."""
+    """Wall-clock training and inference seconds and the device they ran on, from a finished run.
+
+    Training seconds cover both stages of a two-stage model; inference seconds are those on ``dataset`` (the
+    ``predict`` job's benchmark file). ``None`` where the run has no such record (an ensemble is not trained).
+    """
     import pandas as pd
 
     root = Path(results)
@@ -105,8 +108,10 @@ def model_timing(results: str, model: str, dataset: str) -> dict[str, Any]:
 
 
 def reference_table(results: str, models: list[str], dataset: str, references: list[dict[str, Any]]) -> str:
-    """Published results on ``dataset`` (config ``references:``) and ours, in the same columns: one
-    per summary key the references give, plus our training and inference wall-clock times."""
+    """Published results on ``dataset`` (config ``references:``) and ours, in the same columns.
+
+    One column per summary key the references give, plus our training and inference wall-clock times.
+    """
     keys: list[str] = []
     for ref in references:
         keys += [k for k in ref["metrics"] if k not in keys]
@@ -207,8 +212,10 @@ def overlay_figures(
 
 
 def load_morphometry(results: str, models: list[str], datasets: list[str]) -> dict[str, Any]:
-    """Per model, its objects' measurements on every test dataset pooled (a DataFrame); models
-    without any object are left out."""
+    """Per model, its objects' measurements on every test dataset pooled (a DataFrame).
+
+    Models without any object are left out.
+    """
     import pandas as pd
 
     tables = {}
@@ -223,8 +230,10 @@ def load_morphometry(results: str, models: list[str], datasets: list[str]) -> di
 
 def class_section(results: str, models: list[str], datasets: dict[str, dict[str, Any]], classes: list[str],
                   options: dict[str, Any], fig_dir: Path) -> str:
-    """Multi-class results: per-class scores of the pooled test pixels, the mean over classes, the
-    confusion matrices (row-normalised) and class-map overlays."""
+    """Multi-class results: per-class scores of the pooled test pixels and the mean over classes.
+
+    With them, the confusion matrices (row-normalised) and class-map overlays.
+    """
     from ..semantic import read_truth
 
     dpi = options["dpi"]
@@ -234,12 +243,14 @@ def class_section(results: str, models: list[str], datasets: dict[str, dict[str,
         for d in datasets:
             s = read_json(Path(results) / "metrics" / m / f"{d}_summary.json")
             for c in classes:
-                rows.append([m, d, c] + [f"{s[f'pooled_{k}_{c}']:.3f}" for k in ("dice", "jaccard", "precision", "recall")]
+                rows.append([m, d, c]
+                            + [f"{s[f'pooled_{k}_{c}']:.3f}" for k in ("dice", "jaccard", "precision", "recall")]
                             + [f"{s.get(f'dice_{c}_mean', np.nan):.3f} ± {s.get(f'dice_{c}_sd', np.nan):.3f}"])
             rows.append([m, d, "mean over classes"]
                         + [f"{s[f'pooled_mean_{k}']:.3f}" for k in ("dice", "jaccard", "precision", "recall")]
                         + [f"{s['mean_dice_mean']:.3f} ± {s['mean_dice_sd']:.3f}"])
-            mats.append((f"{m} / {d} (pixel accuracy {s['pooled_pixel_accuracy']:.3f})", np.array(s["confusion"], float)))
+            mats.append((f"{m} / {d} (pixel accuracy {s['pooled_pixel_accuracy']:.3f})",
+                         np.array(s["confusion"], float)))
     parts = [_table(["model", "dataset", "class", "Dice (= F1)", "Jaccard", "precision", "recall",
                      "Dice per image (mean ± sd)"], rows),
              "<p class=note>Scores of all test pixels pooled (confusion matrix summed over images), and the "
@@ -283,8 +294,10 @@ def class_section(results: str, models: list[str], datasets: dict[str, dict[str,
 
 
 def fibre_section(results: str, models: list[str], datasets: list[str], dpi: int) -> str:
-    """Per-fibre precision / recall / F1: at the validation-chosen threshold, at the fixed threshold
-    (FT) and at dynamic per-image thresholds (DT), and mean F1 against the threshold."""
+    """Per-fibre precision / recall / F1 at three kinds of threshold, and mean F1 against the threshold.
+
+    The thresholds are the validation-chosen one, the fixed threshold (FT) and dynamic per-image thresholds (DT).
+    """
     import pandas as pd
 
     def pm(s: dict, key: str) -> str:
@@ -355,7 +368,9 @@ def volume_section(results: str, volume: str) -> str:
         "thresholds; + DDML: metric learning on the M-Unet features driven by the scribbles; + graph cut: one 3-D "
         f"max-flow over the stack with the scribbles as hard seeds (gamma {best['gamma']}, sigma {best['sigma']}, "
         f"delta {best['delta']}, chosen on the training slices).</p>",
-        f"<p>Segmented voxels: {summary['n_voxels']} in {summary['n_slices_with_mask']} slices" + (f", volume {vol:.4g} µm³" if vol else "") + "</p>",
+        f"<p>Segmented voxels: {summary['n_voxels']} in {summary['n_slices_with_mask']} slices"
+        + (f", volume {vol:.4g} µm³" if vol else "")
+        + "</p>",
         img_tag(root / "segmentation" / "views.png"),
     ]
     return "".join(parts)
@@ -365,7 +380,8 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{border-bottom:2px solid #c05;padding-bottom:.2em} h2{color:#803;margin-top:1.6em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em} td,th{border:1px solid #ccc;padding:.3em .6em}
-th{background:#f4e8ee} tr:nth-child(even){background:#fafafa} pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.85em}
+th{background:#f4e8ee} tr:nth-child(even){background:#fafafa} \
+pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.85em}
 .note{color:#555;font-size:.9em}
 """
 
@@ -381,8 +397,8 @@ def build_report(
     ``models`` are everything evaluated (trained models and ensembles); ``trained`` the subset with
     training curves (default: all of ``models``); ``classes`` makes it a multi-class report (per-class
     scores, confusion matrices and class maps instead of object metrics); ``references`` (config
-    ``references:``, test dataset → published results) adds a table of those next to ours."""
-
+    ``references:``, test dataset → published results) adds a table of those next to ours.
+    """
     dpi = options["dpi"]
     fig_dir = Path(out_figures)
     fig_dir.mkdir(parents=True, exist_ok=True)

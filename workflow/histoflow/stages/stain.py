@@ -1,5 +1,4 @@
-"""Stage of ``rules/stain.smk``: fit the stain normalizer on the target image, normalize every image.
-"""
+"""Stage of ``rules/stain.smk``: fit the stain normalizer on the target image, normalize every image."""
 
 from __future__ import annotations
 

@@ -68,9 +68,11 @@ def run_train(
 
 
 def stage_config(model_cfg: dict[str, Any], stage: str, seed: int, classes: list[str], instance: bool):
-    """The :class:`~histoflow.train.TrainConfig` of one training stage. An instance model learns boxes
-    and masks from the instance labels, and a multi-class workflow a softmax over its classes,
-    whatever ``target`` the block names."""
+    """The :class:`~histoflow.train.TrainConfig` of one training stage.
+
+    An instance model learns boxes and masks from the instance labels, and a multi-class workflow a softmax over
+    its classes, whatever ``target`` the block names.
+    """
     from ..train import TrainConfig
 
     stage_cfg = dict(model_cfg.get(stage, {}))

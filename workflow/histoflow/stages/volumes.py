@@ -1,5 +1,7 @@
-"""Stage of ``rules/volumes.smk``: serial-section stacks, scribbles, volume models' predictions, M-Unet
-features, DDML, the 3-D graph cut and the ablation table.
+"""Stage of ``rules/volumes.smk``: the serial-section volumes.
+
+Serial-section stacks, scribbles, volume models' predictions, M-Unet features, DDML, the 3-D graph cut and the
+ablation table.
 """
 
 from __future__ import annotations
@@ -116,8 +118,10 @@ def run_volume_features(model_dir: PathLike, dirs: dict[str, str], predict: dict
 
 def run_ddml(features_h5: PathLike, scribbles: PathLike, ddml: dict[str, Any], seed: int,
              out_target: PathLike, out_train: PathLike) -> None:
-    """Train DDML on scribble pixels (+ sampled training pixels) and write the refined probability
-    ``h`` of the target (TIFF) and of the training slices (NPZ, for the graph-cut search)."""
+    """Train DDML on scribble pixels (+ sampled training pixels) and write the refined probability ``h``.
+
+    ``h`` is written for the target (TIFF) and for the training slices (NPZ, for the graph-cut search).
+    """
     import tifffile
 
     from ..ddml import refined_probability, train_discriminator, train_metric
@@ -129,7 +133,10 @@ def run_ddml(features_h5: PathLike, scribbles: PathLike, ddml: dict[str, Any], s
         train_f = h5["train/features"][...].astype(np.float32)
         train_y = h5["train/labels"][...]
     seeds = read_scribbles(scribbles, tf.shape[:3])
-    xs, ys = [tf[seeds == 1], tf[seeds == 2]], [np.ones((seeds == 1).sum(), np.int64), np.zeros((seeds == 2).sum(), np.int64)]
+    xs, ys = (
+        [tf[seeds == 1], tf[seeds == 2]],
+        [np.ones((seeds == 1).sum(), np.int64), np.zeros((seeds == 2).sum(), np.int64)],
+    )
     if len(xs[0]) == 0 or len(xs[1]) == 0:
         raise ValueError(f"{scribbles}: needs both foreground (1) and background (2) scribbles")
     n_train = min(ddml["train_pixels"], train_y.size)
@@ -148,7 +155,9 @@ def run_ddml(features_h5: PathLike, scribbles: PathLike, ddml: dict[str, Any], s
         np.savez_compressed(fh, h=refined_probability(net, head, train_f))
 
 
-def run_search_graphcut(train_h: PathLike, features_h5: PathLike, grid: dict[str, list[float]], out_json: PathLike) -> None:
+def run_search_graphcut(
+    train_h: PathLike, features_h5: PathLike, grid: dict[str, list[float]], out_json: PathLike
+) -> None:
     """Choose γ, σ, δ on the training slices (their labels are known; the target is never used)."""
     from ..graphcut import search_parameters
 
@@ -195,8 +204,11 @@ VOLUME_MODEL_NAMES = {"unet": "U-Net", "munet": "M-Unet"}
 
 def ablation_methods(vmodels: list[str], predictions: list[PathLike], specs: list[PathLike], features_from: str,
                      refined: PathLike, mask: PathLike) -> dict[str, tuple[PathLike, float]]:
-    """The rows of the ablation table, in order: each volume model's probability at its validation-chosen
-    threshold (the plain U-Net baseline first), then DDML's refined probability and the graph cut's mask."""
+    """The rows of the ablation table, in order.
+
+    Each volume model's probability at its validation-chosen threshold (the plain U-Net baseline first), then
+    DDML's refined probability and the graph cut's mask.
+    """
     methods: dict[str, tuple[PathLike, float]] = {}
     rows = zip(vmodels, predictions, specs, strict=True)
     for m, pred, spec in sorted(rows, key=lambda r: r[0] != "unet"):

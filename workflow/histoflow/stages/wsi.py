@@ -1,5 +1,4 @@
-"""Stage of ``rules/wsi.smk``: whole slides: tissue, tiled inference by row band, merge, OME-TIFF / GeoJSON outputs.
-"""
+"""Stage of ``rules/wsi.smk``: whole slides: tissue, tiled inference by row band, merge, OME-TIFF / GeoJSON outputs."""
 
 from __future__ import annotations
 
@@ -39,9 +38,11 @@ def run_slide_tissue(
     slide_path: PathLike, slides: dict[str, Any], stain_json: PathLike | None, out_json: PathLike,
     out_mask: PathLike, out_thumbnail: PathLike,
 ) -> dict[str, Any]:
-    """Thumbnail, tissue mask (PNG, 255 = tissue) and ``tissue.json``: the slide at the chosen
-    resolution, the mask's scale, the tile counts and the slide's staining (estimated once on the
-    thumbnail, so every region normalizes its tiles identically)."""
+    """Thumbnail, tissue mask (PNG, 255 = tissue) and ``tissue.json`` of one slide.
+
+    ``tissue.json`` holds the slide at the chosen resolution, the mask's scale, the tile counts and the slide's
+    staining (estimated once on the thumbnail, so every region normalizes its tiles identically).
+    """
     from ..wsi import TissueMask, plan_grid, tissue_mask
 
     t0 = time.perf_counter()
@@ -136,9 +137,12 @@ def run_predict_slide_region(
 
 
 def instance_slide_predictor(model, spec: dict[str, Any], predict: dict[str, Any], dev):
-    """An instance model (Mask R-CNN, US-Net) on slide tiles: each tile's merge map of the
-    detections the model's ``predict`` settings keep (:func:`histoflow.detection.merge_map_predictor`).
-    Slides get the ``merge`` rule: the blended map is thresholded and split like a U-Net's."""
+    """An instance model (Mask R-CNN, US-Net) on slide tiles: each tile's merge map of the kept detections.
+
+    The kept detections are those the model's ``predict`` settings keep
+    (:func:`histoflow.detection.merge_map_predictor`). Slides get the ``merge`` rule: the blended map is
+    thresholded and split like a U-Net's.
+    """
     from ..detection import instance_detector, merge_map_predictor
 
     detect, score = instance_detector(model, spec, predict, dev)
@@ -162,14 +166,16 @@ def run_slide_outputs(
     prob_store: PathLike, spec_json: PathLike, postprocess: dict[str, Any], slides: dict[str, Any],
     classification: str, out: dict[str, PathLike],
 ) -> dict[str, Any]:
-    """Pyramidal OME-TIFF of the probability map; with ``slides.outputs.instances``, instance labels
-    (zarr + pyramidal OME-TIFF) and the objects as QuPath GeoJSON; ``summary.json``.
+    """Pyramidal OME-TIFF of the probability map, optionally the instances, and ``summary.json``.
+
+    With ``slides.outputs.instances``, also instance labels (zarr + pyramidal OME-TIFF) and the objects as QuPath
+    GeoJSON.
 
     ``out``: paths ``probability``, ``summary`` and (with instances) ``labels``, ``labels_zarr``,
     ``objects``.
     """
-    from ..postprocess import PostprocessConfig
     from ..io import atomic_dir
+    from ..postprocess import PostprocessConfig
     from ..wsi import CHUNK, create_array, open_group, slide_instances, write_ome_pyramid
 
     t0 = time.perf_counter()

@@ -1,5 +1,4 @@
-"""Stain augmentation for training: H&E concentration perturbation (Tellez et al. 2018).
-"""
+"""Stain augmentation for training: H&E concentration perturbation (Tellez et al. 2018)."""
 
 from __future__ import annotations
 
@@ -27,9 +26,10 @@ def augment_stain(
     method: str = "macenko",
     beta: float = 0.15,
 ) -> np.ndarray:
-    """Random H&E stain augmentation for training (Tellez et al., "H and E stain augmentation
-    improves generalization of convolutional networks for histopathological mitosis detection",
-    SPIE Medical Imaging 2018).
+    """Random H&E stain augmentation for training (Tellez et al., SPIE Medical Imaging 2018).
+
+    Tellez et al., "H and E stain augmentation improves generalization of convolutional networks for
+    histopathological mitosis detection", SPIE Medical Imaging 2018.
 
     The image is unmixed into hematoxylin and eosin concentrations ``c`` (least squares against
     its stain matrix); per stain ``c' = c * alpha + beta`` with ``alpha ~ U(1 - sigma_alpha,

@@ -1,5 +1,7 @@
-"""The :class:`StainNormalizer` base class (``fit`` / ``fit_source`` / ``transform``, dict round trip) and the
-registry that maps a method name to its class (:func:`register_normalizer`).
+"""The :class:`StainNormalizer` base class and the registry that maps a method name to its class.
+
+The base class has ``fit`` / ``fit_source`` / ``transform`` and a dict round trip; classes enter the registry
+through :func:`register_normalizer`.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ class StainNormalizer(ABC):
         """A fresh accumulator of staining statistics (sample size and seed where it samples)."""
 
     def _sampling(self) -> tuple[int | None, int]:
-        """This normalizer's own ``(max_pixels, seed)``; ``(None, 0)`` for exact, non-sampling ones."""
+        """The normalizer's own ``(max_pixels, seed)``; ``(None, 0)`` for exact, non-sampling ones."""
         return None, 0
 
     def _estimate(self, rgb: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,5 +1,4 @@
-"""Parameter validation shared by the normalizers (each message names the parameter and its range).
-"""
+"""Parameter validation shared by the normalizers (each message names the parameter and its range)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Colour conversions shared by the normalizers: image input checks, optical density (Beer-Lambert),
-float32 CIE-LAB, the luminosity tissue mask and luminosity standardization.
+"""Colour conversions shared by the normalizers.
+
+Image input checks, optical density (Beer-Lambert), float32 CIE-LAB, the luminosity tissue mask and luminosity
+standardization.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""The per-pixel transform of the stain-matrix methods: NumPy (threaded, cache-sized chunks) and torch kernels.
-"""
+"""The per-pixel transform of the stain-matrix methods: NumPy (threaded, cache-sized chunks) and torch kernels."""
 
 from __future__ import annotations
 

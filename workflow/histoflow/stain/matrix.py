@@ -1,5 +1,4 @@
-"""Stain-matrix normalizers: Macenko et al. (ISBI 2009) and Vahadane et al. (IEEE TMI 2016).
-"""
+"""Stain-matrix normalizers: Macenko et al. (ISBI 2009) and Vahadane et al. (IEEE TMI 2016)."""
 
 from __future__ import annotations
 
@@ -398,8 +397,10 @@ def _dictionary_learning_2(
 
 @register_normalizer
 class VahadaneNormalizer(StainMatrixNormalizer):
-    """Vahadane et al., "Structure-preserving color normalization and sparse stain separation for
-    histological images", IEEE TMI 35(8), 2016.
+    """Stain normalization of Vahadane et al. (IEEE TMI 2016), by sparse non-negative matrix factorisation.
+
+    Vahadane et al., "Structure-preserving color normalization and sparse stain separation for histological
+    images", IEEE TMI 35(8), 2016.
 
     Stain vectors by sparse non-negative matrix factorisation of the OD ``V`` (3, n) of a seeded
     random sample of at most ``max_pixels`` pixels above ``beta`` in every channel:

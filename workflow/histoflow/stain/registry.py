@@ -1,5 +1,4 @@
-"""Build a normalizer by name, and save / load fitted normalizers as JSON.
-"""
+"""Build a normalizer by name, and save / load fitted normalizers as JSON."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Reinhard et al. (2001) CIE-LAB mean / standard deviation transfer, and the identity (``"none"``).
-"""
+"""Reinhard et al. (2001) CIE-LAB mean / standard deviation transfer, and the identity (``"none"``)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Tile-invariant pixel sampling: a bottom-k sample keyed by a hash of each pixel's position in the image,
-so the pixels sampled from tiles are those sampled from the assembled image.
+"""Tile-invariant pixel sampling: a bottom-k sample keyed by a hash of each pixel's position in the image.
+
+Hence the pixels sampled from tiles are those sampled from the assembled image.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""Whole slides: one source estimate from a slide's tiles, so tile-by-tile transforms have no seams.
-"""
+"""Whole slides: one source estimate from a slide's tiles, so tile-by-tile transforms have no seams."""
 
 from __future__ import annotations
 

@@ -263,7 +263,7 @@ def _mark(
     sel_v: np.ndarray | None = None,
     sel_h: np.ndarray | None = None,
 ) -> np.ndarray:
-    """bool ``(H, W)`` mask of the pixels on both sides of the (selected) label changes."""
+    """Bool ``(H, W)`` mask of the pixels on both sides of the (selected) label changes."""
     out = np.zeros(shape, dtype=bool)
     if sel_v is not None:
         dv = dv.copy()
@@ -664,9 +664,11 @@ FIBRE_CLASSES = ("gap", "cytoplasm", "boundary")
 
 
 def fibre_classes(labels: np.ndarray, boundary_width: float = 2.0) -> np.ndarray:
-    """The 3-class version of a fibre label map, ``uint8 (H, W)``: 1 = fibre cytoplasm, 2 = boundary
-    (the membrane band: background within ``boundary_width`` px of a fibre), 0 = gap (perimysium and
-    other background farther away); class names :data:`FIBRE_CLASSES`."""
+    """The 3-class version of a fibre label map, ``uint8 (H, W)``; class names :data:`FIBRE_CLASSES`.
+
+    1 = fibre cytoplasm, 2 = boundary (the membrane band: background within ``boundary_width`` px of a fibre),
+    0 = gap (perimysium and other background farther away).
+    """
     fibre = labels > 0
     out = np.zeros(labels.shape, np.uint8)
     out[fibre] = 1

@@ -1,5 +1,7 @@
-"""Shared by the generators: smooth random fields (cubic B-spline interpolated white noise in 1-D, 2-D and
-3-D), unit vectors, and the stain vectors of the synthetic H&E rendering.
+"""Shared by the generators: smooth random fields, unit vectors, and the stain vectors of the synthetic H&E.
+
+The smooth random fields are cubic B-spline interpolated white noise in 1-D, 2-D and 3-D; the stain vectors
+are those of the synthetic H&E rendering.
 """
 
 from __future__ import annotations

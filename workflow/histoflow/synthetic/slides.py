@@ -1,5 +1,4 @@
-"""Synthetic pyramidal H&E slides (tests, benchmarks, demos): tissue pieces filled with muscle-fibre texture.
-"""
+"""Synthetic pyramidal H&E slides (tests, benchmarks, demos): tissue pieces filled with muscle-fibre texture."""
 
 from __future__ import annotations
 
@@ -24,9 +23,11 @@ def texture_bank(n: int, size: int, seed: int) -> np.ndarray:
 def synthetic_slide_region(
     y: int, x: int, h: int, w: int, step: int, height: int, width: int, bank: np.ndarray, seed: int = 0
 ) -> np.ndarray:
-    """``uint8 (h, w, 3)`` of a synthetic H&E slide of ``height x width`` level-0 pixels, sampled
-    every ``step`` pixels from level-0 position ``(y, x)``: elliptical tissue pieces filled with
-    blocks of muscle-fibre texture from ``bank``, on white glass."""
+    """``uint8 (h, w, 3)`` of a synthetic H&E slide of ``height x width`` level-0 pixels.
+
+    The slide is sampled every ``step`` pixels from level-0 position ``(y, x)``: elliptical tissue pieces
+    filled with blocks of muscle-fibre texture from ``bank``, on white glass.
+    """
     rows = (y + np.arange(h) * step).astype(np.float64)
     cols = (x + np.arange(w) * step).astype(np.float64)
     rng = np.random.default_rng(seed)

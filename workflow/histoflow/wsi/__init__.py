@@ -1,5 +1,7 @@
-"""Whole-slide images: reading at a chosen resolution, tissue detection, streaming tiled inference
-with bounded memory, region split/merge, pyramidal OME-TIFF and QuPath GeoJSON outputs.
+"""Whole-slide images: reading, tissue detection, streaming tiled inference, region split/merge and outputs.
+
+Slides are read at a chosen resolution, tiled inference streams with bounded memory, and the outputs are
+pyramidal OME-TIFF and QuPath GeoJSON.
 
 The stage in five steps, each usable on its own:
 

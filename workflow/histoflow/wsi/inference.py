@@ -1,5 +1,6 @@
-"""Streaming tiled inference over a slide's tissue tiles with bounded memory, and the row-band split / merge
-that lets separate jobs share one slide.
+"""Streaming tiled inference over a slide's tissue tiles with bounded memory, and the row-band split / merge.
+
+The row-band split / merge lets separate jobs share one slide.
 """
 
 from __future__ import annotations
@@ -50,8 +51,11 @@ class TileGrid:
 def plan_grid(
     shape: tuple[int, int], tile: int, overlap: int, tissue: TissueMask | None = None, min_fraction: float = 0.0
 ) -> TileGrid:
-    """Tile grid over ``shape`` (as :func:`histoflow.tiling.iter_tiles`), keeping the tiles whose
-    tissue fraction is at least ``min_fraction`` (and above 0); all tiles without ``tissue``."""
+    """Tile grid over ``shape`` (as :func:`histoflow.tiling.iter_tiles`), keeping the tiles with tissue.
+
+    The kept tiles are those whose tissue fraction is at least ``min_fraction`` (and above 0); all tiles without
+    ``tissue``.
+    """
     from ..tiling import tile_starts
 
     h, w = int(shape[0]), int(shape[1])
@@ -70,8 +74,10 @@ def plan_grid(
 
 @dataclass(frozen=True)
 class Region:
-    """One job's share of a slide: it owns output rows ``rows`` and runs tile rows ``tile_rows``
-    (its own, plus the halo above whose tiles overlap its first rows)."""
+    """One job's share of a slide: it owns output rows ``rows`` and runs tile rows ``tile_rows``.
+
+    The tile rows are its own, plus the halo above whose tiles overlap its first rows.
+    """
 
     index: int
     count: int
@@ -124,9 +130,11 @@ def _pad_index(n: int, pad_to: int, mode: str) -> np.ndarray:
 
 
 def _window_index(start: int, length: int, n: int, padded: int, context: int, mode1: str, mode2: str) -> np.ndarray:
-    """Source indices of positions ``start .. start+length`` of the slide padded as predict_tiled
-    pads an image: first at the end up to ``padded`` (``mode1``), then ``context`` on both sides
-    (``mode2``); positions are in the context-padded frame shifted by ``-context``."""
+    """Source indices of positions ``start .. start+length`` of the slide padded as predict_tiled pads an image.
+
+    The padding is first at the end up to ``padded`` (``mode1``), then ``context`` on both sides (``mode2``);
+    positions are in the context-padded frame shifted by ``-context``.
+    """
     pos = np.arange(start, start + length)
     inner = pos
     if context:
@@ -142,8 +150,11 @@ def _window_index(start: int, length: int, n: int, padded: int, context: int, mo
 
 
 class _TileDataset:
-    """Tiles of a slide (with context), as ``uint8 (3, t + 2c, t + 2c)`` tensors; stain-normalized
-    if a normalizer is given. Picklable; each worker process opens the slide itself."""
+    """Tiles of a slide (with context), as ``uint8 (3, t + 2c, t + 2c)`` tensors.
+
+    The tiles are stain-normalized if a normalizer is given. Picklable; each worker process opens the slide
+    itself.
+    """
 
     def __init__(self, slide: Slide, grid: TileGrid, tiles: list[tuple[int, int]], context: int,
                  normalizer: Any = None, stain_source: Mapping[str, Any] | None = None) -> None:
@@ -397,7 +408,8 @@ def predict_slide(
     stats = {
         "tiles": len(tiles), "tiles_total": len(grid.ys) * len(grid.xs), "seconds": round(seconds, 3),
         "tiles_per_s": round(len(tiles) / seconds, 2) if seconds > 0 else None,
-        "pixels": covered, "megapixels": round(covered / 1e6, 6), "mpps": round(covered / 1e6 / seconds, 3) if seconds > 0 else None,
+        "pixels": covered, "megapixels": round(covered / 1e6, 6),
+        "mpps": round(covered / 1e6 / seconds, 3) if seconds > 0 else None,
         "micro_batch": micro, "device": str(device), "workers": num_workers,
     }
     group.attrs.update({"stats": stats})

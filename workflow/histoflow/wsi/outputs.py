@@ -1,5 +1,6 @@
-"""Slide outputs: a tiled pyramidal OME-TIFF written tile by tile, and instance labels found block by block and
-streamed into a QuPath GeoJSON FeatureCollection with per-object measurements.
+"""Slide outputs: a tiled pyramidal OME-TIFF written tile by tile, and instance labels found block by block.
+
+The instances are streamed into a QuPath GeoJSON FeatureCollection with per-object measurements.
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ def write_ome_pyramid(
     planar = len(shape) == 3 and shape[0] > 1
     k_ch = shape[0] if len(shape) == 3 else 1
     h, w = shape[-2:]
-    out_dtype = np.dtype(dtype) if dtype is not None else (np.dtype(np.uint8) if kind == "prob" else np.dtype(source.dtype))
+    out_dtype = (
+        np.dtype(dtype) if dtype is not None else (np.dtype(np.uint8) if kind == "prob" else np.dtype(source.dtype))
+    )
 
     def as_3d(arr: Any) -> Callable[[int, int, int, int], np.ndarray]:
         if len(arr.shape) == 3:

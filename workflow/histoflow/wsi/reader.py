@@ -1,5 +1,6 @@
-"""Reading whole slides at a chosen resolution: OpenSlide, tifffile + zarr (pyramidal and OME-TIFF) or an
-ordinary image in memory, behind one :class:`Slide` (regions as ``uint8 (h, w, 3)`` RGB).
+"""Reading whole slides at a chosen resolution behind one :class:`Slide` (regions as ``uint8 (h, w, 3)`` RGB).
+
+The backends are OpenSlide, tifffile + zarr (pyramidal and OME-TIFF) or an ordinary image in memory.
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ class Level:
 
 
 class _Backend:
-    """A slide file's pyramid. Subclasses implement ``_open`` and ``read``; handles are opened
-    lazily and dropped on pickling, so a backend can be sent to DataLoader worker processes (each
-    opens its own file handle)."""
+    """A slide file's pyramid.
+
+    Subclasses implement ``_open`` and ``read``; handles are opened lazily and dropped on pickling, so a backend
+    can be sent to DataLoader worker processes (each opens its own file handle).
+    """
 
     name = "base"
 
@@ -107,8 +110,10 @@ class _ArrayBackend(_Backend):
 
 
 class _TiffBackend(_Backend):
-    """Pyramidal TIFF / OME-TIFF / SVS / NDPI through tifffile, each level as a zarr array; a
-    read decodes only the tiles that overlap the region."""
+    """Pyramidal TIFF / OME-TIFF / SVS / NDPI through tifffile, each level as a zarr array.
+
+    A read decodes only the tiles that overlap the region.
+    """
 
     name = "tifffile"
 
@@ -267,8 +272,9 @@ def _tiff_mpp(tf: Any) -> float | None:
 
 
 def _area_weights(start: int, n: int, factor: float, src_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Source indices ``(n, m)`` and weights ``float32 (n, m)`` of output pixels ``start .. start+n-1``
-    when ``factor`` source pixels make one output pixel (area averaging, ``factor >= 1``).
+    """Source indices ``(n, m)`` and weights ``float32 (n, m)`` of output pixels ``start .. start+n-1``.
+
+    Here ``factor`` source pixels make one output pixel (area averaging, ``factor >= 1``).
 
     Output pixel ``i`` covers the source interval ``[i f, (i + 1) f)``; each source pixel weighs the
     length of its overlap with it. The weights of a pixel depend only on its global index, so a
@@ -557,8 +563,10 @@ def _try_tiff(path: Path) -> _Backend:
 
 
 def find_slides(spec: Mapping[str, str] | Sequence[str], base: PathLike = ".") -> dict[str, Path]:
-    """Slide name → path from ``slides.images``: a mapping, or a list of files, folders (every
-    slide inside) and glob patterns (names = file stems). Relative paths are taken from ``base``.
+    """Slide name → path from ``slides.images``: a mapping, or a list of files, folders and glob patterns.
+
+    In a list, a folder stands for every slide inside it and the names are the file stems. Relative paths are
+    taken from ``base``.
 
     Raises
     ------

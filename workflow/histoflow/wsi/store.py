@@ -1,5 +1,4 @@
-"""Chunked zarr stores of slide-sized arrays (zarr 2 or 3) and a background writer of row blocks.
-"""
+"""Chunked zarr stores of slide-sized arrays (zarr 2 or 3) and a background writer of row blocks."""
 
 from __future__ import annotations
 
@@ -24,8 +23,10 @@ def open_group(path: PathLike, mode: str = "r") -> Any:
 
 
 def create_array(group: Any, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any) -> Any:
-    """A zero-filled, Blosc-LZ4 compressed array in a zarr group (zarr 3 ``create_array`` or
-    zarr 2 ``create_dataset``)."""
+    """A zero-filled, Blosc-LZ4 compressed array in a zarr group.
+
+    The array is made by zarr 3 ``create_array`` or zarr 2 ``create_dataset``.
+    """
     chunks = tuple(max(1, min(c, s)) if s else max(1, c) for c, s in zip(chunks, shape, strict=True))
     if hasattr(group, "create_array"):
         from zarr.codecs import BloscCodec

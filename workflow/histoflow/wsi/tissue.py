@@ -1,5 +1,7 @@
-"""Tissue detection on a slide's thumbnail (Otsu on saturation and / or optical density, then closing, hole
-filling and small-object removal) and the :class:`TissueMask` that says how much of a tile is tissue.
+"""Tissue detection on a slide's thumbnail and the :class:`TissueMask` that says how much of a tile is tissue.
+
+The detection is Otsu on saturation and / or optical density, then closing, hole filling and small-object
+removal.
 """
 
 from __future__ import annotations
@@ -107,8 +109,10 @@ class TissueMask:
         return cls(np.ones((1, 1), bool), float(max(shape)))
 
     def fraction(self, y: int, x: int, h: int, w: int) -> float:
-        """Fraction of tissue among the mask pixels that the slide region touches (a mask pixel
-        partly inside the region counts whole, so thin tissue at a tile's edge is not missed)."""
+        """Fraction of tissue among the mask pixels that the slide region touches.
+
+        A mask pixel partly inside the region counts whole, so thin tissue at a tile's edge is not missed.
+        """
         mh, mw = self.mask.shape
         r0 = min(max(int(math.floor(y / self.scale)), 0), mh - 1)
         c0 = min(max(int(math.floor(x / self.scale)), 0), mw - 1)
