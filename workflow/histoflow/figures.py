@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .io import atomic_path
+from .io import PathLike, atomic_path
 
-PathLike = str | os.PathLike[str]
 
 def pyplot():
     """``matplotlib.pyplot`` on the Agg backend (files only, no display needed)."""

@@ -20,6 +20,9 @@ import imageio.v3 as iio
 import numpy as np
 import tifffile
 
+#: A file or folder path as the functions of this package accept it.
+PathLike = str | os.PathLike[str]
+
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".webp")
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -42,10 +41,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .io import InputError, atomic_path
+from .io import InputError, PathLike, atomic_path
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 #: Classification names (lower case) of scribble annotations and their seed values (see graphcut).
 SCRIBBLE_CLASSES: dict[str, int] = {"foreground": 1, "fg": 1, "background": 2, "bg": 2}

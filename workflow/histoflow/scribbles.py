@@ -7,7 +7,6 @@ label or RGB TIFF stacks and QuPath GeoJSON.
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,10 +15,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .graphcut import SEED_BACKGROUND, SEED_FOREGROUND
-from .io import InputError, read_image
+from .io import InputError, PathLike, read_image
 from .volume import TIFF_SUFFIXES, check_seed, image_files, read_tiff_pages
-
-PathLike = str | os.PathLike[str]
 
 _GEOJSON_SUFFIXES = (".geojson", ".json")
 

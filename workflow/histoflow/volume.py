@@ -11,7 +11,6 @@ Scribbles are read and simulated in :mod:`histoflow.scribbles`; synthetic stacks
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,9 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import IMAGE_SUFFIXES, InputError, atomic_path, read_image, write_image
-
-PathLike = str | os.PathLike[str]
+from .io import IMAGE_SUFFIXES, InputError, PathLike, atomic_path, read_image, write_image
 
 MIN_SHAPE = (1, 32, 32)
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from ..io import read_labels, write_image
+from ..io import PathLike, read_labels, write_image
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 def run_demo_data(out_dir: PathLike, demo: dict[str, Any]) -> list[str]:
     """Generate the synthetic muscle-fibre dataset and its 3-class masks.

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..io import read_json, read_labels, read_rgb, write_json
+from ..io import PathLike, read_json, read_labels, read_rgb, write_json
 from ..postprocess import instance_growth
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 def run_export_objects(
     instances_dir: PathLike, normalized_dir: PathLike, pixel_size_um: float | None, classification: str,

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
-from ..io import write_json
+from ..io import PathLike, write_json
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 def run_extract_patches(
     datasets: dict[str, dict[str, Any]],

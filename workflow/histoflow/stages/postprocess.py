@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..io import read_json, read_rgb, write_image, write_labels
+from ..io import PathLike, read_json, read_rgb, write_image, write_labels
 from ..postprocess import instance_growth
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 def run_postprocess(
     pred_dir: PathLike, spec_json: PathLike, cfg: dict[str, Any], out_dir: PathLike,

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..io import read_json, read_rgb, write_image, write_json, write_labels
+from ..io import PathLike, read_json, read_rgb, write_image, write_json, write_labels
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 def run_predict(
     model_dir: PathLike, normalized_dir: PathLike, stems: list[str], predict: dict[str, Any], device: str,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,9 @@ from ..figures import (
     pyplot,
     save_figure,
 )
-from ..io import atomic_path, read_image, read_json, read_labels, read_rgb
+from ..io import PathLike, atomic_path, read_image, read_json, read_labels, read_rgb
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 HEADLINE = [
     ("object_f1", "object F1"),

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from ..io import read_json, read_rgb, write_image, write_json
+from ..io import PathLike, read_json, read_rgb, write_image, write_json
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 def run_fit_stain(target_image: PathLike, method: str, kwargs: dict[str, Any], out_json: PathLike) -> None:
     from ..stain import get_normalizer, save_normalizer

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from ..io import PathLike
+
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 
 def run_train(

@@ -7,17 +7,15 @@ ablation table.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from ..io import atomic_path, read_json, write_json
+from ..io import PathLike, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 def run_volume_data(out_dir: PathLike, spec: dict[str, Any]) -> None:
     """Write ``train/`` and ``target/`` synthetic organ stacks (images + labels) into ``out_dir``."""

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..io import read_image, read_json, write_image, write_json
+from ..io import PathLike, read_image, read_json, write_image, write_json
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 def open_configured_slide(path: PathLike, slides: dict[str, Any]):
     """The slide at the resolution ``slides.mpp`` / ``slides.level`` of the config."""

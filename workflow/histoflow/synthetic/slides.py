@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -10,9 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_path
+from ..io import PathLike, atomic_path
 
-PathLike = str | os.PathLike[str]
 
 def texture_bank(n: int, size: int, seed: int) -> np.ndarray:
     from .fibres import FibreParams, make_fibre_image

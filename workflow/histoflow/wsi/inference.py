@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from ..io import PathLike
 from .reader import Slide
 from .store import _FLUSH_COLS, CHUNK, _Writer, create_array, open_group
 from .tissue import TissueMask
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 @dataclass(frozen=True)
 class TileGrid:

@@ -6,7 +6,6 @@ The instances are streamed into a QuPath GeoJSON FeatureCollection with per-obje
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -15,11 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_path
+from ..io import PathLike, atomic_path
 from .store import CHUNK, create_array, open_group
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 def _levels_shapes(h: int, w: int, min_size: int) -> list[tuple[int, int]]:
     shapes = [(h, w)]

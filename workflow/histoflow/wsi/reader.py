@@ -9,7 +9,6 @@ import contextlib
 import glob
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ..io import InputError
+from ..io import InputError, PathLike
 
 log = logging.getLogger(__name__)
-PathLike = str | os.PathLike[str]
 
 #: Suffixes read through OpenSlide first (tifffile is the fallback for the TIFF-based ones).
 OPENSLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide", ".dcm")

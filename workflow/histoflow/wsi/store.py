@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-PathLike = str | os.PathLike[str]
+from ..io import PathLike
 
 #: Rows (and columns) of one zarr chunk of the probability and label stores; the inference band
 #: holds ``tile + CHUNK`` rows and is written out a chunk row at a time.
