@@ -87,6 +87,31 @@ def check_outputs(folder: Path, shape: tuple[int, int], mpp: float, downsample: 
     return summary
 
 
+
+def test_slide_staining_from_tiles_equals_the_assembled_slide_and_flows_into_tissue_json(tmp_path):
+    """stain_source: tiles streams the tissue tiles through fit_source_from_tiles: the estimate is the one
+    on the assembled slide (same pixels sampled by position), and it is what slide_tissue records."""
+    from histoflow.stain import get_normalizer, save_normalizer
+    from histoflow.stages.wsi import slide_normalizer, slide_stain_from_tiles
+
+    slide = wsi.open_slide(make_slide(tmp_path / "syn.tif"), mpp=1.0)
+    norm = get_normalizer("macenko").fit(slide.read_region(0, 0, 225, 175))
+    whole = slide.read_region(0, 0, *slide.shape)
+    # 96 does not divide 450 x 350: the last row and column of tiles are partial.
+    got = slide_stain_from_tiles(norm, slide, wsi.TissueMask.everywhere(slide.shape), 96)
+    want = norm.fit_source(whole)
+    assert got == want
+
+    save_normalizer(norm, tmp_path / "stain.json")
+    sources = {}
+    for where in ("thumbnail", "tiles"):
+        slides = slides_config(stain_source=where)["slides"]
+        info = run_slide_tissue(tmp_path / "syn.tif", slides, tmp_path / "stain.json", tmp_path / f"{where}/t.json",
+                                tmp_path / f"{where}/t.png", tmp_path / f"{where}/thumb.png")
+        sources[where] = info["stain_source"]
+    assert slide_normalizer(tmp_path / "stain.json") is not None
+    assert sources["tiles"] != sources["thumbnail"]  # a thumbnail is blurred and resampled: another estimate
+
 def test_pipeline_functions_regions_merge_to_the_single_job(tmp_path):
     """slide_tissue -> 2 regions -> merge -> outputs, without Snakemake; equal to one region."""
     slide = make_slide(tmp_path / "syn.tif")

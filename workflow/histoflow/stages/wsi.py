@@ -54,7 +54,10 @@ def run_slide_tissue(
                                     tcfg["min_object"], tcfg["max_hole"])
     grid = plan_grid(slide.shape, slides["tile"], slides["overlap"], tissue, tcfg["min_fraction"])
     norm = slide_normalizer(stain_json) if slides["stain"] else None
-    source = norm.fit_source(thumb) if norm is not None else None
+    source = None
+    if norm is not None:
+        source = (slide_stain_from_tiles(norm, slide, tissue, slides["tile"])
+                  if slides.get("stain_source", "thumbnail") == "tiles" else norm.fit_source(thumb))
     write_image(out_mask, (tissue.mask * 255).astype(np.uint8))
     write_image(out_thumbnail, thumb)
     info = {
@@ -71,6 +74,23 @@ def run_slide_tissue(
              slide.shape[0], slide.shape[1], f"{slide.mpp:.4f}" if slide.mpp else "?", slide.level, slide.factor,
              100 * info["tissue"]["fraction"], grid.n_tiles, info["grid"]["tiles_total"])
     return info
+
+
+def slide_stain_from_tiles(norm: Any, slide: Any, tissue: Any, tile: int) -> dict[str, Any]:
+    """The slide's source staining from its tissue tiles at the working resolution.
+
+    The tiles partition the slide (no overlap: no pixel counts twice) and those touching tissue are
+    read one at a time with their positions, so :func:`histoflow.stain.fit_source_from_tiles` samples
+    exactly the pixels it would sample from the assembled slide's tissue tiles, in bounded memory.
+    """
+    from ..stain import fit_source_from_tiles
+
+    h, w = slide.shape
+    cells = [(y, x, min(tile, h - y), min(tile, w - x)) for y in range(0, h, tile) for x in range(0, w, tile)]
+    cells = [c for c in cells if tissue.fraction(*c) > 0]
+    source = fit_source_from_tiles(norm, ((slide.read_region(*c), (c[0], c[1])) for c in cells))
+    log.info("slide staining estimated from %d tissue tiles of %d px", len(cells), tile)
+    return source
 
 
 def load_tissue(tissue_json: PathLike):
