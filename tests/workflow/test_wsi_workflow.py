@@ -91,8 +91,8 @@ def check_outputs(folder: Path, shape: tuple[int, int], mpp: float, downsample: 
 def test_slide_staining_from_tiles_equals_the_assembled_slide_and_flows_into_tissue_json(tmp_path):
     """stain_source: tiles streams the tissue tiles through fit_source_from_tiles: the estimate is the one
     on the assembled slide (same pixels sampled by position), and it is what slide_tissue records."""
-    from histoflow.stain import get_normalizer, save_normalizer
     from histoflow.stages.wsi import slide_normalizer, slide_stain_from_tiles
+    from histoflow.stain import get_normalizer, save_normalizer
 
     slide = wsi.open_slide(make_slide(tmp_path / "syn.tif"), mpp=1.0)
     norm = get_normalizer("macenko").fit(slide.read_region(0, 0, 225, 175))
