@@ -8,8 +8,10 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 
 def cpu_model() -> str:
@@ -21,6 +23,35 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_features() -> dict[str, bool]:
+    """The instruction-set extensions that decide CPU precision, from /proc/cpuinfo (False where unknown)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = ""
+    have = set(flags.split(":", 1)[-1].split())
+    return {"avx2": "avx2" in have, "avx512f": "avx512f" in have, "avx512_bf16": "avx512_bf16" in have,
+            "amx_bf16": "amx_bf16" in have, "avx512_vnni": "avx512_vnni" in have}
+
+
+def best_time(fn: Callable[[], Any], repeats: int, warmup: bool = False, slow_s: float = float("inf")) -> float:
+    """The best wall-clock seconds of ``repeats`` calls of ``fn``, after one untimed call with ``warmup``.
+
+    A warm-up slower than ``slow_s`` leaves one timed call.
+    """
+    if warmup:
+        t0 = time.perf_counter()
+        fn()
+        if time.perf_counter() - t0 > slow_s:
+            repeats = 1
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def usable_cpus() -> int:

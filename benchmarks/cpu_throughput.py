@@ -28,7 +28,6 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow"))
 
-from _bench import device_name, package_versions  # noqa: E402
+from _bench import best_time, cpu_features, device_name, package_versions  # noqa: E402
 
 from histoflow.models import build_model  # noqa: E402
 from histoflow.synthetic.fibres import FibreParams, make_fibre_image  # noqa: E402
@@ -55,17 +54,8 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 INFERENCE = ("eager_fp32", "eager_fp32_cl", "bf16", "bf16_cl", "compile_fp32", "onnxruntime", "openvino")
 TRAINING = ("fp32", "fp32_cl", "bf16", "bf16_cl")
 TOLERANCE = {"fp32": 1e-3, "bf16": 2e-2}
-
-
-def cpu_features() -> dict[str, bool]:
-    """The instruction-set extensions that decide CPU precision, from /proc/cpuinfo (False where unknown)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        flags = ""
-    have = set(flags.split(":", 1)[-1].split())
-    return {"avx2": "avx2" in have, "avx512f": "avx512f" in have, "avx512_bf16": "avx512_bf16" in have,
-            "amx_bf16": "amx_bf16" in have, "avx512_vnni": "avx512_vnni" in have}
+#: A variant slower than this per call (emulated bf16 can be 20-100x slower than fp32) is timed once.
+SLOW_S = 15.0
 
 
 def build(name: str) -> torch.nn.Module:
@@ -80,21 +70,6 @@ def tiles(n: int, tile: int) -> torch.Tensor:
     image, _ = make_fibre_image(7, FibreParams(size=(tile, tile * n)))
     x = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
     return torch.stack([x[:, :, i * tile : (i + 1) * tile] for i in range(n)]).contiguous()
-
-
-def best_time(fn: Callable[[], Any], repeats: int, slow_s: float = 15.0) -> float:
-    """The best of ``repeats`` timed calls after one warm-up call; a variant slower than ``slow_s`` per call
-    (bf16 emulated on a CPU without BF16 instructions can be 20x slower) is timed once, after its warm-up."""
-    t0 = time.perf_counter()
-    fn()
-    if time.perf_counter() - t0 > slow_s:
-        repeats = 1
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def torch_runner(model: torch.nn.Module, x: torch.Tensor, bf16: bool, channels_last: bool):
@@ -182,7 +157,7 @@ def inference_row(name: str, x: torch.Tensor, repeats: int, variants: tuple[str,
                     run = openvino_runner(build(name), x, info)
                 info["setup_s"] = round(time.perf_counter() - t_setup, 2)
                 diff = float(np.abs(run() - reference).max())
-                seconds = best_time(run, repeats)
+                seconds = best_time(run, repeats, warmup=True, slow_s=SLOW_S)
             except Exception as exc:  # noqa: BLE001 - a backend that cannot run is a result, recorded
                 row[variant] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
                 print(f"  {name} {variant}: {row[variant]['error']}", flush=True)
@@ -216,7 +191,7 @@ def training_row(name: str, x: torch.Tensor, repeats: int, variants: tuple[str, 
             loss.backward()
             opt.step()
 
-        seconds = best_time(step, repeats)
+        seconds = best_time(step, repeats, warmup=True, slow_s=SLOW_S)
         row[variant] = {"mp_s": round(megapixels / seconds, 3), "seconds": round(seconds, 4)}
         print(f"  {name} train {variant}: {row[variant]['mp_s']:.2f} MP/s", flush=True)
     return row

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow"))
 
-from _bench import device_name  # noqa: E402
+from _bench import best_time, device_name  # noqa: E402
 
 from histoflow.device import prepare_model, resolve_device  # noqa: E402
 from histoflow.models import build_model  # noqa: E402
@@ -53,12 +52,7 @@ def time_one(model, x: torch.Tensor, device, tile: int, overlap: int, batch: int
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_time(run, repeats)
 
 
 def main() -> None:

@@ -312,8 +312,10 @@ def augmentation_examples(
     (``labels``: the target is an instance label map, moved as integers), for the figure that shows a user
     what the model trained on.
     """
+    from .train import images_to_tensor  # train imports this module
+
     k = min(n, len(images))
-    x = torch.from_numpy(np.ascontiguousarray(images[:k])).permute(0, 3, 1, 2).float() / 255.0
+    x = images_to_tensor(images[:k])
     y = torch.from_numpy(target[:k])[:, None]
     y = y.long() if labels else y.float()
     xa, (ya,) = augment(x, [y], augment_config(spec), torch.Generator().manual_seed(seed))
