@@ -178,8 +178,7 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
             return str(o)
         raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=default) + "\n")
+    write_text(path, json.dumps(obj, indent=2, default=default) + "\n")  # ASCII: json.dumps escapes the rest
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
