@@ -29,7 +29,11 @@ def test_tiny_run_writes_rates_agreement_and_speedups(tmp_path: Path) -> None:
     assert row["bf16"]["max_abs_diff"] <= cpu_throughput.TOLERANCE["bf16"]
     absent = ("ModuleNotFoundError", "ImportError")  # the optional [cpu] extra is not installed
     assert "mp_s" in row["onnxruntime"] or row["onnxruntime"]["error"].startswith(absent)
-    assert set(result["training"]["models"]["unet_32_4"]) == set(cpu_throughput.TRAINING)
+    train = result["training"]["models"]["unet_32_4"]
+    assert set(train) == {*cpu_throughput.TRAINING, "loop"}
+    # The project's loop is timed against the bare step of its own precision and layout.
+    assert train["loop"]["variant"] in cpu_throughput.TRAINING and train["loop"]["mp_s"] > 0
+    assert result["train_rate_fraction_of_model"] == train["loop"]["fraction_of_model"] > 0
     if not result["native_bf16"]:  # emulated bf16 is measured on a small probe beside fp32
         assert result["bf16_probe"]["inference_bf16_over_fp32"] > 0
     assert result["unet_32_4_infer_speedup_vs_fp32"] >= 1.0  # the best agreeing variant, eager fp32 included

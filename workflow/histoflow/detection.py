@@ -308,11 +308,12 @@ def instance_detector(model, spec: dict[str, Any], predict: dict[str, Any], dev)
     """An instance model's ``detect`` as the image and slide runners call it, and its detection score threshold.
 
     The threshold is ``predict.score_threshold``, or when null the one chosen on the validation patches at
-    training (``spec.json``). The detector runs under autocast and passes the score as ``min_score``, so the
+    training (``spec.json``). The detector runs under autocast in ``predict.precision`` (``auto`` stays fp32
+    on a CPU, :func:`histoflow.train.instance_precision`) and passes the score as ``min_score``, so the
     mask/refine heads skip what the threshold drops anyway.
     """
     from .device import autocast
-
+    from .train import instance_precision
 
     if predict.get("tta", "none") != "none":
         raise ValueError(f"predict.tta: {predict['tta']} averages probability maps; detections of the instance model "
@@ -321,8 +322,10 @@ def instance_detector(model, spec: dict[str, Any], predict: dict[str, Any], dev)
     score = predict.get("score_threshold")
     score = float(spec.get("score_threshold", 0.5) if score is None else score)
 
+    precision = instance_precision(predict.get("precision", "auto"), dev)
+
     def detect(batch):
-        with autocast(dev):
+        with autocast(dev, precision):
             return model.detect(batch, min_score=score)
 
     return detect, score

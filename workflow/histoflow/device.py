@@ -1,11 +1,18 @@
-"""Device selection and the CUDA fast paths (bf16 autocast, channels_last)."""
+"""Device selection, numeric precision and memory format per device (bf16 autocast, channels_last).
+
+``precision: auto`` is bf16 autocast where the hardware computes in bf16 – CUDA GPUs that support it and CPUs
+reporting AVX512-BF16 or AMX-BF16 – and fp32 elsewhere: on a CPU without those instructions bf16 is emulated
+and about 90x slower than fp32 (``benchmarks/results/cpu_throughput.json``, ``bf16_probe``). Losses, metrics and
+thresholds are computed in fp32 whatever the precision.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,24 +39,87 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; a no-op elsewhere (CPU stays fp32 for exact, reproducible tests)."""
+PRECISIONS = ("auto", "fp32", "bf16")
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo names of native bf16 arithmetic
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags the CPU reports (``/proc/cpuinfo`` on Linux; empty where it is not readable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_precision(precision: str, device: torch.device, flags: Collection[str] | None = None) -> str:
+    """``"fp32"`` or ``"bf16"``: the arithmetic ``precision`` (auto, fp32 or bf16) means on ``device``.
+
+    ``auto`` is bf16 on a CUDA GPU with bf16 support and on a CPU whose ``flags`` (default :func:`cpu_flags`)
+    include AVX512-BF16 or AMX-BF16, fp32 otherwise (MPS included). An explicit ``bf16`` is honoured
+    everywhere but MPS, with a warning on a CPU that would emulate it.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        return "fp32" if precision == "fp32" or not torch.cuda.is_bf16_supported() else "bf16"
+    if device.type != "cpu":
+        if precision == "bf16":
+            raise ValueError(f"precision: bf16 is not supported on {device.type}; use auto or fp32")
+        return "fp32"
+    native = bool(BF16_CPU_FLAGS & set(cpu_flags() if flags is None else flags))
+    if precision == "bf16" and not native:
+        _warn_emulated_bf16()
+    return "bf16" if precision == "bf16" or (precision == "auto" and native) else "fp32"
 
 
-def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move to ``device``; channels_last memory format on CUDA (faster convolutions with bf16)."""
+@functools.lru_cache(maxsize=1)
+def _warn_emulated_bf16() -> None:  # once per process, not once per batch
+    log.warning("precision: bf16 on a CPU without AVX512-BF16/AMX: emulated, far slower than fp32")
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """bf16 autocast where ``precision`` resolves to bf16 on ``device`` (:func:`resolve_precision`), else fp32.
+
+    fp32 disables an enclosing autocast too, so an fp32 model called inside a bf16 region stays fp32.
+    """
+    if device.type not in ("cuda", "cpu"):
+        return contextlib.nullcontext()
+    bf16 = resolve_precision(precision, device) == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def use_channels_last(device: torch.device, precision: str = "auto", training: bool = False) -> bool:
+    """Whether convolutions run faster in channels_last on ``device``, as measured (``docs/benchmarks.md``).
+
+    Always on CUDA; on a CPU for inference (1.2-1.6x in fp32 eager on the 2-core EPYC) and for bf16
+    training, but not for fp32 training, where it was 20 % slower.
+    """
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    return not training or resolve_precision(precision, device) == "bf16"
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, channels_last: bool | None = None) -> torch.nn.Module:
+    """Move to ``device`` in the memory format of :func:`use_channels_last` (for training unless told)."""
     model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool | None = None) -> torch.Tensor:
+    """``x`` on ``device``; a 4-D batch in channels_last where the model is (CUDA unless told)."""
     x = x.to(device, non_blocking=True)
-    if device.type == "cuda" and x.ndim == 4:
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    if channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -58,13 +128,14 @@ def load_for_inference(model_dir: str | os.PathLike[str],
                        device: str = "auto") -> tuple[torch.nn.Module, dict[str, Any], torch.device]:
     """A trained model folder (``model.pt`` + ``spec.json``) ready for inference on ``device``.
 
-    ``device`` is resolved by :func:`resolve_device`; channels_last on CUDA. Returns ``(model, spec, device)``.
+    ``device`` is resolved by :func:`resolve_device`; the memory format is :func:`use_channels_last`'s for
+    inference. Returns ``(model, spec, device)``.
     """
     from .models import load_model
 
     dev = resolve_device(device)
     model, spec = load_model(Path(model_dir), dev)
-    return prepare_model(model, dev), spec, dev
+    return prepare_model(model, dev, use_channels_last(dev)), spec, dev
 
 
 def retry_halving_on_oom(

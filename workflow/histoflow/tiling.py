@@ -130,6 +130,7 @@ def predict_tiled(
     out_channels: int | None = None,
     progress: bool = False,
     context: int = 0,
+    precision: str = "auto",
 ) -> np.ndarray:
     """Run ``predictor`` over ``image`` in overlapping tiles and blend the outputs.
 
@@ -152,6 +153,8 @@ def predict_tiled(
         models whose output covers only the centre of their input (multi-field-of-view nets): the
         predictor then maps ``(B, C, t + 2·context, t + 2·context)`` to ``(B, K, t, t)``. The image is
         reflect-padded by ``context`` so border tiles get context too.
+    precision:
+        auto, fp32 or bf16: the autocast the predictor runs under (:func:`histoflow.device.autocast`).
 
     Returns
     -------
@@ -184,7 +187,7 @@ def predict_tiled(
         def run(n: int, start: int = start) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
             batch_coords = coords[start : start + n]
             batch = torch.stack([x[:, y : y + th + 2 * context, xx : xx + tw + 2 * context] for y, xx in batch_coords])
-            with torch.inference_mode(), autocast(device):
+            with torch.inference_mode(), autocast(device, precision):
                 return batch_coords, batch, predictor(to_device(batch, device))
 
         (batch_coords, batch, out), batch_size = retry_halving_on_oom(

@@ -12,7 +12,9 @@ The loop is a handful of small functions rather than a trainer class:
 - :func:`train_model` – epochs, validation, checkpoints (every epoch, atomic, resumed from
   automatically), training curves and the validation-chosen threshold.
 
-On CUDA it uses bf16 autocast and channels_last; on CPU it stays in fp32 and is deterministic for a
+``precision`` (auto, fp32 or bf16) chooses bf16 autocast where the device computes in bf16
+(:func:`histoflow.device.resolve_precision`) and the memory format follows
+:func:`histoflow.device.use_channels_last`; losses are computed in fp32. On a CPU a run is deterministic for a
 given seed.
 """
 
@@ -36,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .augment import augment, augment_config
-from .device import autocast, prepare_model, to_device
+from .device import PRECISIONS, autocast, prepare_model, to_device, use_channels_last
 from .io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     branch_lr: dict[str, float] | None = None
     grad_clip: float | None = None
+    precision: str = "auto"
     thresholds: list[float] = field(default_factory=lambda: [round(t, 2) for t in np.arange(0.1, 0.91, 0.05)])
 
     def __post_init__(self) -> None:
@@ -94,6 +97,8 @@ class TrainConfig:
             raise ValueError(f"train.optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"train.schedule must be cosine or step, got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         augment_config(self.augment)  # fail early on an unknown preset or field
 
 
@@ -324,18 +329,20 @@ def lr_lambda(step: int, total: int, warmup: int) -> float:
 
 
 @torch.no_grad()
-def predict_batches(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
+def predict_batches(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int,
+                    precision: str = "auto") -> torch.Tensor:
     """Sigmoid probabilities ``(N, 1, H, W)`` on CPU for a stack of input tensors."""
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
-        with autocast(device):
+        with autocast(device, precision):
             out.append(torch.sigmoid(model(to_device(images[i : i + batch_size], device)).float()).cpu())
     return torch.cat(out)
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int) -> int:
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int,
+                          precision: str = "auto") -> int:
     """Recompute every BatchNorm layer's running mean/variance as the exact average over ``images``.
 
     One pass, no gradient, dropout off; returns the number of BatchNorm layers.
@@ -357,7 +364,7 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.
         if isinstance(m, nn.modules.dropout._DropoutNd):
             m.eval()
     for i in range(0, len(images), batch_size):
-        with autocast(device):
+        with autocast(device, precision):
             model(to_device(images[i : i + batch_size], device))
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
@@ -557,12 +564,13 @@ def train_model(
     y_train = torch.from_numpy(train_data[cfg.target]).float()[:, None]
     w_train = torch.from_numpy(loss_weights(train_data, cfg))[:, None]
     aug = augment_config(cfg.augment)
-    model = prepare_model(model, device)
+    channels_last = use_channels_last(device, cfg.precision, training=True)
+    model = prepare_model(model, device, channels_last)
 
     def step_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        xb, yb, wb = to_device(x_train[idx], device), y_train[idx].to(device), w_train[idx].to(device)
+        xb, yb, wb = to_device(x_train[idx], device, channels_last), y_train[idx].to(device), w_train[idx].to(device)
         xb, (yb, wb) = augment(xb, [yb, wb], aug, gen)
-        with autocast(device):
+        with autocast(device, cfg.precision):
             out = model(xb)
         size = split_outputs(out)[0].shape[-2:]
         return training_loss(out, centre_crop(yb, size), centre_crop(wb, size), cfg)
@@ -571,7 +579,7 @@ def train_model(
     history = run_epochs(model, step_loss, len(x_train), cfg, device, checkpoint, run_key,
                          (lambda: _validate(model, val_data, cfg, device)) if has_val else None, progress)
 
-    if cfg.recalibrate_bn and recalibrate_batchnorm(model, x_train, device, cfg.batch_size):
+    if cfg.recalibrate_bn and recalibrate_batchnorm(model, x_train, device, cfg.batch_size, cfg.precision):
         row = _validate(model, val_data, cfg, device) if has_val else {}
         if history and row:
             history[-1].update({f"{k}_recalibrated": v for k, v in row.items()})
@@ -582,7 +590,8 @@ def train_model(
         last = history[-1] if history else {}
         val_dice = last.get("val_dice_recalibrated", last.get("val_dice", float("nan")))
     elif has_val:
-        prob = predict_batches(model, images_to_tensor(val_data["images"]), device, cfg.batch_size)[:, 0].numpy()
+        prob = predict_batches(model, images_to_tensor(val_data["images"]), device, cfg.batch_size,
+                               cfg.precision)[:, 0].numpy()
         target = centre_crop(val_data[cfg.target], prob.shape[-2:])
         valid = centre_crop(val_data["weights"], prob.shape[-2:]) > 0
         threshold, val_dice = choose_threshold(prob, target, valid, cfg.thresholds)
@@ -591,6 +600,11 @@ def train_model(
 
 
 SCORE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def instance_precision(precision: str, device: torch.device) -> str:
+    """An instance model's precision: ``auto`` stays fp32 on a CPU (bf16 detection heads are unvalidated there)."""
+    return "fp32" if precision == "auto" and device.type == "cpu" else precision
 
 
 def train_instances(
@@ -615,12 +629,13 @@ def train_instances(
     x_train = images_to_tensor(train_data["images"])
     l_train = torch.from_numpy(train_data["labels"].astype(np.int64))[:, None]
     aug = augment_config(cfg.augment)
+    precision = instance_precision(cfg.precision, device)
     model = prepare_model(model, device)
 
     def step_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         xb, lb = to_device(x_train[idx], device), l_train[idx].to(device)
         xb, (lb,) = augment(xb, [lb], aug, gen)
-        with autocast(device):
+        with autocast(device, precision):
             terms = model.instance_losses(xb, lb[:, 0])
         return sum(v.float() for v in terms.values())
 
@@ -628,7 +643,7 @@ def train_instances(
     val_found: list = []  # the detections of the last validation, reused to choose the threshold
 
     def detect_val() -> list:  # down to the lowest threshold the final choice considers
-        return detect_patches(model, val_data["images"], device, cfg.batch_size, min(SCORE_THRESHOLDS))
+        return detect_patches(model, val_data["images"], device, cfg.batch_size, min(SCORE_THRESHOLDS), precision)
 
     def validate() -> dict[str, float]:
         val_found[:] = detect_val()
@@ -651,7 +666,7 @@ def train_instances(
 
 @torch.no_grad()
 def detect_patches(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int,
-                   min_score: float = 0.0) -> list:
+                   min_score: float = 0.0, precision: str = "auto") -> list:
     """The model's detections (:class:`histoflow.detection.Detections`) scoring at least ``min_score``.
 
     ``images`` are ``uint8 (N, H, W, 3)`` patches.
@@ -660,7 +675,7 @@ def detect_patches(model: nn.Module, images: np.ndarray, device: torch.device, b
     x = images_to_tensor(images)
     found = []
     for i in range(0, len(x), batch_size):
-        with autocast(device):
+        with autocast(device, precision):
             found += model.detect(to_device(x[i : i + batch_size], device), min_score=min_score)
     return found
 
@@ -701,7 +716,7 @@ def _validate(model: nn.Module, val: dict[str, np.ndarray], cfg: TrainConfig, de
     total, dice_num, dice_den, confusion = 0.0, 0.0, 0.0, None
     with torch.no_grad():
         for i in range(0, len(x), cfg.batch_size):
-            with autocast(device):
+            with autocast(device, cfg.precision):
                 logits = model(to_device(x[i : i + cfg.batch_size], device)).float().cpu()
             yb = centre_crop(y[i : i + cfg.batch_size], logits.shape[-2:])
             wb = centre_crop(w[i : i + cfg.batch_size], logits.shape[-2:])

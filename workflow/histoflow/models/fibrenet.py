@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models.vgg import cfgs, make_layers
 
 from . import register_model
 
@@ -86,6 +85,8 @@ class VGG16MultiDecoder(nn.Module):
         super().__init__()
         if base_width < 1 or decoder_width < 1:
             raise ValueError(f"base_width and decoder_width must be >= 1, got {base_width}, {decoder_width}")
+        from torchvision.models.vgg import cfgs, make_layers  # here: importing torchvision costs every job ~2 s
+
         layout = [v if v == "M" else int(v) * base_width // 64 for v in cfgs["D"]][:-1]  # drop pool5
         self.features = make_layers(layout, batch_norm=batch_norm)
         if in_channels != 3:

@@ -23,6 +23,7 @@ def run_predict(
     """
     import torch
 
+    from ..backends import model_predictor
     from ..device import load_for_inference
     from ..tiling import predict_tiled, tta_predictor
 
@@ -32,7 +33,9 @@ def run_predict(
         return
     multiclass = bool(spec.get("classes"))
     activation = (lambda z: torch.softmax(z.float(), dim=1)) if multiclass else torch.sigmoid
-    predictor = tta_predictor(lambda b: activation(model(b)), predict.get("tta", "none"))
+    net = model_predictor(model, dev, predict, model_dir, activation,
+                          megapixels=job_megapixels(normalized_dir, stems, predict, model))
+    predictor = tta_predictor(net, predict.get("tta", "none"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stem in stems:
@@ -43,10 +46,28 @@ def run_predict(
             predictor, x, tile=predict["tile"], overlap=predict["overlap"],
             batch_size=predict["batch_size"], blend=predict["blend"], device=dev,
             context=(getattr(model, "context_factor", 1) - 1) * predict["tile"] // 2,
+            precision=net.precision,
         )
         prob = prob if multiclass else prob[0]
         write_image(out / f"{stem}.tif", prob.astype(np.float32))
         log.info("%s: %dx%d in %.2fs", stem, image.shape[0], image.shape[1], time.perf_counter() - t0)
+    write_json(out / "backend.json", net.record)
+
+
+def job_megapixels(normalized_dir: PathLike, stems: list[str], predict: dict[str, Any], model) -> float:
+    """Input megapixels the job's tiles add up to (TTA transforms included), read from the image headers."""
+    import imageio.v3 as iio
+
+    from ..tiling import tile_starts
+
+    side = predict["tile"] + (getattr(model, "context_factor", 1) - 1) * predict["tile"]
+    tta = {"none": 1, "flips": 4, "dihedral": 8}[predict.get("tta", "none")]
+    tiles = 0
+    for stem in stems:
+        h, w = iio.improps(Path(normalized_dir) / f"{stem}.png").shape[:2]
+        tiles += len(tile_starts(max(h, predict["tile"]), predict["tile"], predict["overlap"])) * len(
+            tile_starts(max(w, predict["tile"]), predict["tile"], predict["overlap"]))
+    return tiles * tta * side * side / 1e6
 
 
 def predict_instances(

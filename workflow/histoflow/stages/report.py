@@ -87,6 +87,8 @@ def _format_metric(key: str, value: float | None) -> str:
 def model_timing(results: str, model: str, dataset: str) -> dict[str, Any]:
     """Wall-clock training and inference seconds and the device they ran on, from a finished run.
 
+    The device names the training precision and the inference backend and precision where the run recorded them.
+
     Training seconds cover both stages of a two-stage model; inference seconds are those on ``dataset`` (the
     ``predict`` job's benchmark file). ``None`` where the run has no such record (an ensemble is not trained).
     """
@@ -102,6 +104,11 @@ def model_timing(results: str, model: str, dataset: str) -> dict[str, Any]:
     bench = root / "benchmarks" / "predict" / model / f"{dataset}.tsv"
     predict = float(pd.read_csv(bench, sep="\t")["s"].iloc[-1]) if bench.exists() else None
     device = spec.get("device_name") or spec.get("device")
+    backend_json = root / "predictions" / model / dataset / "backend.json"
+    backend = read_json(backend_json) if backend_json.exists() else {}
+    if device and spec.get("precision"):
+        device += f" (train {spec['precision']}"
+        device += f"; inference {backend['backend']} {backend['precision']})" if backend.get("backend") else ")"
     return {"train_seconds": train, "predict_seconds": predict, "device": device}
 
 
@@ -460,7 +467,8 @@ def training_section(results: str, trained: list[str]) -> list[str]:
         parts.append(f"<h3>{html.escape(m)} ({html.escape(spec['arch'])})</h3>")
         parts.append(f"<p class=note>threshold {spec['threshold']:.2f} chosen on validation patches "
                      f"(pixel Dice {spec['val_dice']:.3f}); trained {spec['train_seconds']:.0f} s on "
-                     f"{html.escape(spec['device'])}.</p>")
+                     f"{html.escape(spec['device'])}"
+                     + (f" in {html.escape(spec['precision'])}" if spec.get("precision") else "") + ".</p>")
         stage1 = Path(results) / "models" / m / "stage1"
         if (stage1 / "spec.json").exists():
             s1 = read_json(stage1 / "spec.json")

@@ -98,6 +98,9 @@ def model_spec(model_cfg: dict[str, Any], kwargs: dict[str, Any], cfg, attrs: di
     """``spec.json``: what rebuilds the model (arch, kwargs) and how its outputs are used and were made."""
     import torch
 
+    from ..device import resolve_precision
+    from ..train import instance_precision
+
     return {
         "arch": model_cfg["arch"],
         "kwargs": kwargs,
@@ -113,6 +116,7 @@ def model_spec(model_cfg: dict[str, Any], kwargs: dict[str, Any], cfg, attrs: di
         "train_seconds": train_seconds,
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "precision": resolve_precision(instance_precision(cfg.precision, dev) if instance else cfg.precision, dev),
         "stage": stage,
     }
 

@@ -113,6 +113,7 @@ def run_predict_slide_region(
     """
     import torch
 
+    from ..backends import model_predictor
     from ..device import load_for_inference
     from ..io import atomic_dir
     from ..tiling import tta_predictor
@@ -133,10 +134,12 @@ def run_predict_slide_region(
         torch.backends.cudnn.benchmark = True
         if perf.get("compile"):
             model = torch.compile(model)
+    net = None
     if getattr(model, "instance_model", False):  # detections -> the seed's merge map, blended like any map
         predictor = instance_slide_predictor(model, spec, predict, dev)
     else:
-        predictor = tta_predictor(lambda b: torch.sigmoid(model(b)), predict.get("tta", "none"))
+        net = model_predictor(model, dev, predict, model_dir)
+        predictor = tta_predictor(net, predict.get("tta", "none"))
     norm = slide_normalizer(stain_json) if slides["stain"] else None
     out_channels = int(spec.get("kwargs", {}).get("out_channels", 1))
     log.info("region %d/%d: rows %d..%d, tile rows %d..%d, %s", region + 1, len(regions), *reg.rows,
@@ -148,9 +151,11 @@ def run_predict_slide_region(
             num_workers=perf.get("workers", 0), normalizer=norm, stain_source=info["stain_source"],
             region=reg, grid=grid, context=context, out_channels=out_channels,
             name=f"{Path(slide_path).name} [{region + 1}/{len(regions)}]",
-            static_batches=bool(perf.get("compile")) and dev.type == "cuda",
+            static_batches=bool(perf.get("compile")) and dev.type == "cuda", precision=predict.get("precision", "auto"),
             attrs={"model": str(model_dir), "threshold": spec.get("threshold", 0.5)},
         )
+    if net is not None:
+        stats["backend"] = net.record
     return stats
 
 

@@ -253,6 +253,7 @@ def predict_slide(
     name: str | None = None,
     attrs: Mapping[str, Any] | None = None,
     static_batches: bool = False,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Tiled inference over a whole slide into a chunked zarr store, with bounded memory.
 
@@ -262,7 +263,8 @@ def predict_slide(
         A :class:`Slide` (see :func:`open_slide`) or an in-memory ``(H, W, 3)`` image.
     predictor:
         Maps a float tensor ``(B, 3, t + 2c, t + 2c)`` (RGB / 255, on ``device``) to
-        ``(B, K, t, t)`` (e.g. ``sigmoid(model(x))``); run under bf16 autocast on CUDA.
+        ``(B, K, t, t)`` (e.g. ``sigmoid(model(x))`` or a :class:`histoflow.backends.ModelPredictor`); run
+        under autocast in ``precision`` (auto, fp32 or bf16; :func:`histoflow.device.autocast`).
     out:
         The zarr group to write: array ``prob`` ``float32 (K, rows, W)`` holding the output rows of
         ``region`` (all rows by default), and attributes describing the run.
@@ -380,7 +382,7 @@ def predict_slide(
             x = batch.to(device, non_blocking=True).float() / 255.0
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            outs, micro = _forward(predictor, x, micro, device, tile)
+            outs, micro = _forward(predictor, x, micro, device, tile, precision)
             outs = outs[:n].float()
             if outs.shape[1] != out_channels or outs.shape[-2:] != (tile, tile):
                 raise ValueError(
@@ -433,14 +435,15 @@ def _row_batches(tiles: Sequence[tuple[int, int]], batch_size: int) -> list[list
     return batches
 
 
-def _forward(predictor: Callable[[Any], Any], x: Any, micro: int, device: Any, tile: int) -> tuple[Any, int]:
+def _forward(predictor: Callable[[Any], Any], x: Any, micro: int, device: Any, tile: int,
+             precision: str = "auto") -> tuple[Any, int]:
     """Predictor over ``x`` in micro-batches; halves the micro-batch on CUDA out-of-memory."""
     import torch
 
     from ..device import autocast, retry_halving_on_oom
 
     def run(n: int) -> Any:
-        with torch.inference_mode(), autocast(device):
+        with torch.inference_mode(), autocast(device, precision):
             if n >= x.shape[0]:
                 return predictor(x)
             return torch.cat([predictor(x[s : s + n]) for s in range(0, x.shape[0], n)])
