@@ -11,7 +11,9 @@ a variant whose package is absent or that fails is recorded with its error, neve
 Each variant's output (sigmoid probabilities) is compared with eager fp32: it *agrees* when the largest
 absolute difference is at most 1e-3 for an fp32 variant and 2e-2 for a bf16 one. Training variants
 (fp32, channels_last, bf16, bf16 + channels_last) time a full step: forward, BCE loss in fp32, backward,
-Adam.
+Adam. The project's own loop (``histoflow.train.train_model``, augmentation and weighted loss included) runs
+on the same batches; ``train_rate_fraction_of_model`` is its step rate over the bare step's in the same
+precision and memory format.
 
 Prints two tables and writes ``benchmarks/results/cpu_throughput.json`` with the CPU's features
 (AVX2, AVX-512, AVX512-BF16, AMX), per model and variant the megapixels per second and the agreement,
@@ -197,6 +199,38 @@ def training_row(name: str, x: torch.Tensor, repeats: int, variants: tuple[str, 
     return row
 
 
+def loop_row(name: str, x: torch.Tensor, raw: dict[str, Any], steps: int = 4) -> dict[str, Any]:
+    """The project's own training loop (:func:`histoflow.train.train_model`: dihedral augmentation on the
+    batch, BCE + Dice with the weight map, AdamW, cosine schedule, its precision ``auto`` and memory format)
+    on the same batches, per step, against the bare step of the same precision and layout (``raw``).
+
+    Two epochs of ``steps`` steps; the second is timed (the first warms up allocator and kernels).
+    """
+    from histoflow.device import resolve_precision, use_channels_last
+    from histoflow.train import TrainConfig, train_model
+
+    cpu = torch.device("cpu")
+    precision = resolve_precision("auto", cpu)
+    variant = precision + ("_cl" if use_channels_last(cpu, precision, training=True) else "")
+    n = x.shape[0]
+    images = (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    masks = (x.mean(1) < 0.7).to(torch.uint8).numpy()
+    data = {"images": np.concatenate([images] * steps), "masks": np.concatenate([masks] * steps),
+            "boundaries": np.zeros_like(np.concatenate([masks] * steps)),
+            "weights": np.ones((n * steps, *masks.shape[1:]), np.float32)}
+    cfg = TrainConfig(epochs=2, batch_size=n, max_steps_per_epoch=steps, recalibrate_bn=False, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        history = train_model(build(name).train(), data, None, cfg, cpu, Path(tmp) / "ckpt.pt", progress=False)
+    seconds = history[-1]["seconds"] / steps
+    megapixels = n * x.shape[2] * x.shape[3] / 1e6
+    row = {"variant": variant, "mp_s": round(megapixels / seconds, 3), "seconds": round(seconds, 4)}
+    if "mp_s" in raw.get(variant, {}):
+        row["fraction_of_model"] = round(row["mp_s"] / raw[variant]["mp_s"], 3)
+    print(f"  {name} train loop ({variant}): {row['mp_s']:.2f} MP/s, {row.get('fraction_of_model')} of the bare step",
+          flush=True)
+    return row
+
+
 def bf16_probe(repeats: int, tile: int = 128, name: str = "unet_32_4") -> dict[str, Any]:
     """fp32 against emulated bf16 on a small input, where the CPU has no BF16 instructions (full-size bf16
     runs would take many minutes): 1 x ``tile``² inference and 2 x (``tile`` / 2)² training steps."""
@@ -274,16 +308,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     xt = tiles(args.train_batch, args.train_tile)
     for name in args.train_models:
         print(f"training {name}", flush=True)
-        result["training"]["models"][name] = training_row(name, xt, args.repeats,
-                                                          TRAINING if native_bf16 else ("fp32", "fp32_cl"))
+        row = training_row(name, xt, args.repeats, TRAINING if native_bf16 else ("fp32", "fp32_cl"))
+        row["loop"] = loop_row(name, xt, row)
+        result["training"]["models"][name] = row
+        write(args.out, result)
     if not native_bf16:
         result["bf16_probe"] = bf16_probe(args.repeats, args.probe_tile)
     if "unet_32_4" in result["inference"]["models"]:
         s, best = speedup(result["inference"]["models"]["unet_32_4"], "eager_fp32")
         result["unet_32_4_infer_speedup_vs_fp32"], result["unet_32_4_infer_best"] = s, best
     if "unet_32_4" in result["training"]["models"]:
-        s, best = speedup(result["training"]["models"]["unet_32_4"], "fp32")
+        row = result["training"]["models"]["unet_32_4"]
+        s, best = speedup({k: v for k, v in row.items() if k != "loop"}, "fp32")
         result["unet_32_4_train_speedup_vs_fp32"], result["unet_32_4_train_best"] = s, best
+        result["train_rate_fraction_of_model"] = row["loop"].get("fraction_of_model")
 
     print(f"\ninference, {args.batch} x {args.tile}², MP/s (* = disagrees with eager fp32 beyond tolerance)")
     print("| model | " + " | ".join(args.variants) + " |")
@@ -294,11 +332,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"| {name} | " + " | ".join(cells) + " |")
     if result["training"]["models"]:
         print(f"\ntraining steps, {args.train_batch} x {args.train_tile}², MP/s")
-        print("| model | " + " | ".join(TRAINING) + " |")
-        print("|---|" + "---:|" * len(TRAINING))
+        print("| model | " + " | ".join(TRAINING) + " | histoflow loop | loop / bare step |")
+        print("|---|" + "---:|" * (len(TRAINING) + 2))
         for name, row in result["training"]["models"].items():
+            loop = row["loop"]
             print(f"| {name} | " + " | ".join("n/a" if "error" in row[v] else f"{row[v]['mp_s']:.2f}" for v in TRAINING)
-                  + " |")
+                  + f" | {loop['mp_s']:.2f} ({loop['variant']}) | {loop.get('fraction_of_model')} |")
     write(args.out, result)
     print(f"\nwrote {args.out}")
     return result

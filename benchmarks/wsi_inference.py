@@ -17,15 +17,18 @@ store -- then the probability map's pyramidal OME-TIFF. Figures:
   per second of wall time from opening the slide to the last zarr row written (tissue detection,
   reading, normalization, model, stitching, writing). The OME-TIFF export is timed separately.
 * ``raw_forward_mpps``: the same model's batched forward pass alone in the same process and
-  precision, input pixels per second (``eager`` and, on CUDA, ``compiled``). With overlap o on
+  precision, input pixels per second (``eager``: the uncompiled model through ``--backend``, as the
+  workflow's ``predict.backend`` runs it (on a CPU ``auto`` = the fastest installed of torch, ONNX Runtime and
+  OpenVINO); on CUDA also ``compiled``). With overlap o on
   tiles of t, ``end_to_end / raw`` can reach at most ((t - o) / t)² (every slide pixel is computed
   about that many times); ``e2e_fraction_of_raw`` reports the ratio.
 * ``monai_speedup``: MONAI's ``sliding_window_inference`` (Gaussian mode, same tile, overlap,
   batch size, model and precision, the slide read whole into memory first) wall time divided by
-  ours on the same slide, both with the eager (not compiled) model; ``monai_speedup_all_tiles`` runs ours on every tile
-  (no tissue
-  detection), so it measures the pipeline alone. Needs ``pip install monai`` (``.[bench]``);
-  skipped without it, and above ``--monai-max`` (MONAI holds the whole slide, as float, in memory).
+  ours on the same slide, MONAI with its default eager model (fp32 on a CPU) and, as
+  ``monai_speedup_same_backend``, with our model exactly as we run it; ``monai_speedup_all_tiles`` runs
+  ours on every tile (no tissue detection), so it measures the pipeline alone. Needs
+  ``pip install monai`` (``.[bench]``); skipped without it, and above ``--monai-max`` (MONAI holds the
+  whole slide, as float, in memory).
 * ``peak_rss_gb``: peak resident memory of the process that ran that size (``ru_maxrss``);
   ``peak_rss_worker_gb``: that of its largest DataLoader worker (each worker holds a few tiles).
 
@@ -110,6 +113,22 @@ def fitted_normalizer():
     return cpu_normalizer(get_normalizer("macenko").fit(target))
 
 
+def backend_predictor(args: argparse.Namespace, model: Any, name: str) -> Any:
+    """The model as the workflow runs it: :class:`histoflow.backends.ModelPredictor` (sigmoid applied) with
+    ``--backend`` and precision ``auto``; its exported graph and choice are cached beside its weights in
+    ``--workdir`` (a seeded model, so every child process gets the same key)."""
+    import torch
+
+    from histoflow.backends import ModelPredictor
+
+    folder = Path(args.workdir) / "models" / name
+    if not (folder / "model.pt").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), folder / "model.pt")
+    return ModelPredictor(model, torch.device(args.device), args.backend, "auto", folder / "exported",
+                          folder / "model.pt")
+
+
 def compiled(model: Any, device: str, batch: int, tile: int) -> Any:
     """``torch.compile`` the model and compile it now (a warm-up batch), outside every timing."""
     import torch
@@ -161,9 +180,11 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     limit_malloc_retention()  # as the workflow's predict_slide_region job does
     device = args.device
     path, model = child_setup(args)
-
-    def predictor(x):
-        return torch.sigmoid(model(x))
+    if args.compile:
+        def predictor(x):
+            return torch.sigmoid(model(x))
+    else:
+        predictor = backend_predictor(args, model, args.model)
 
     norm = fitted_normalizer() if args.stain else None
     out = Path(args.workdir) / f"prob_{args.size}_{args.model}.zarr"
@@ -196,6 +217,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     workers_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9  # the largest worker
     return {
         "size": args.size, "model": args.model, "tissue_detection": args.tissue, "stain": args.stain,
+        "backend": "torch.compile" if args.compile else predictor.record.get("backend"),
         "compiled": args.compile, "workers": args.workers, "tiles": stats["tiles"], "tiles_total": stats["tiles_total"],
         "tissue_megapixels": stats["megapixels"], "end_to_end_s": round(wall, 3),
         "tissue_detection_s": round(t_tissue, 3), "end_to_end_mpps": round(stats["megapixels"] / wall, 3),
@@ -215,11 +237,13 @@ def monai_child(args: argparse.Namespace) -> dict[str, Any]:
 
     device = args.device
     path, model = child_setup(args)
-
-    def predictor(x):
-        if device.startswith("cuda"):
-            x = x.contiguous(memory_format=torch.channels_last)
-        return torch.sigmoid(model(x))
+    if args.same_backend:  # the model exactly as our pipeline runs it
+        predictor = backend_predictor(args, model, args.model)
+    else:  # MONAI's default: the eager model (fp32 on a CPU)
+        def predictor(x):
+            if device.startswith("cuda"):
+                x = x.contiguous(memory_format=torch.channels_last)
+            return torch.sigmoid(model(x))
 
     with torch.inference_mode(), autocast(torch.device(device)):  # warm-up
         predictor(torch.rand(args.batch_size, 3, args.tile, args.tile, device=device))
@@ -236,6 +260,7 @@ def monai_child(args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     del out, x, image
     return {"size": args.size, "monai_s": round(wall, 3), "monai_read_s": round(t_read, 3),
+            "monai_backend": predictor.record.get("backend") if args.same_backend else "torch eager",
             "monai_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)}
 
 
@@ -243,10 +268,10 @@ def run_child(args: argparse.Namespace, size: int, model: str, kind: str = "e2e"
     cmd = [sys.executable, __file__, "--_child", kind, "--_size", str(size), "--model", model,
            "--device", args.device, "--tile", str(args.tile), "--overlap", str(args.overlap),
            "--batch-size", str(args.batch_size), "--workers", str(over.get("workers", args.workers)),
-           "--workdir", str(args.workdir), "--threads", str(args.threads or 0)]
+           "--workdir", str(args.workdir), "--threads", str(args.threads or 0), "--backend", args.backend]
     for flag, on in (("--compile", over.get("compile", False)), ("--no-tissue", not over.get("tissue", True)),
                      ("--no-stain", not args.stain), ("--export", over.get("export", False)),
-                     ("--progress", args.progress)):
+                     ("--progress", args.progress), ("--same-backend", over.get("same_backend", False))):
         if on:
             cmd.append(flag)
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -277,16 +302,21 @@ def raw_forward(args: argparse.Namespace, model_name: str, compile_model: bool) 
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
         x = x.contiguous(memory_format=torch.channels_last)
+    if compile_model:
+        def predictor(b):
+            return torch.sigmoid(model(b))
+    else:  # the backend the end-to-end run uses (--backend)
+        predictor = backend_predictor(args, model, model_name)
     n = max(1, args.forward_batches)
     best = float("inf")
     with torch.inference_mode(), autocast(torch.device(device)):
         for _ in range(2):
-            torch.sigmoid(model(x))
+            predictor(x)
         sync(device)
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             for _ in range(n):
-                torch.sigmoid(model(x))
+                predictor(x)
             sync(device)
             best = min(best, time.perf_counter() - t0)
     return n * args.batch_size * args.tile**2 / 1e6 / best
@@ -388,6 +418,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--no-stain", dest="stain", action="store_false", help="skip stain normalization")
     parser.add_argument("--no-monai", action="store_true")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+                        help="inference backend of our runs and the raw forward (histoflow.backends; default auto)")
+    parser.add_argument("--same-backend", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--monai-max", type=int, default=10000, help="largest slide edge MONAI is run on")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--forward-batches", type=int, default=None, help="batches per raw-forward timing")
@@ -476,11 +509,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 size = eligible[0]
                 # eager model on both sides: MONAI's last, smaller batch would recompile a compiled model
                 m = run_child(args, size, args.model, kind="monai", compile=False)
+                same = run_child(args, size, args.model, kind="monai", compile=False, same_backend=True)
                 ours_all = run_child(args, size, args.model, compile=False, tissue=False)
                 ours = run_child(args, size, args.model, compile=False) if args.compile else per_size[str(size)]
                 monai = {**m, "ours_s": ours["end_to_end_s"], "ours_all_tiles_s": ours_all["end_to_end_s"],
-                         "model_compiled": False,
+                         "model_compiled": False, "ours_backend": ours.get("backend"),
+                         "monai_same_backend_s": same["monai_s"], "monai_same_backend": same["monai_backend"],
                          "monai_speedup": round(m["monai_s"] / ours["end_to_end_s"], 2),
+                         "monai_speedup_same_backend": round(same["monai_s"] / ours["end_to_end_s"], 2),
                          "monai_speedup_all_tiles": round(m["monai_s"] / ours_all["end_to_end_s"], 2)}
                 per_size[str(size)]["monai_speedup"] = monai["monai_speedup"]
                 per_size[str(size)]["monai_speedup_all_tiles"] = monai["monai_speedup_all_tiles"]
@@ -488,7 +524,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                       f"(read {m['monai_read_s']:.2f} s, "
                       f"peak RSS {m['monai_peak_rss_gb']:.2f} GB); ours {ours['end_to_end_s']:.2f} s -> "
                       f"{monai['monai_speedup']}x, every tile {ours_all['end_to_end_s']:.2f} s -> "
-                      f"{monai['monai_speedup_all_tiles']}x", flush=True)
+                      f"{monai['monai_speedup_all_tiles']}x; MONAI with our {same['monai_backend']} model "
+                      f"{same['monai_s']:.2f} s -> {monai['monai_speedup_same_backend']}x", flush=True)
 
     rss: dict[str, dict[str, Any]] = {}
     for size in rss_sizes:
@@ -514,7 +551,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                   "depth": MODELS[args.model][1], "params_m": round(n_params(args.model), 2)},
         "rss_model": rss_model, "tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size,
         "workers": args.workers, "compile": args.compile, "stain": args.stain, "mpp": MPP,
-        "precision": "bf16 autocast, channels_last" if cuda else "fp32",
+        "precision": "bf16 autocast, channels_last" if cuda else "auto (fp32 without BF16 instructions)",
+        "backend": args.backend,
         "raw_forward_mpps": raw,
         "end_to_end_mpps": {s: r["end_to_end_mpps"] for s, r in per_size.items()},
         "e2e_fraction_of_raw": {s: r["e2e_fraction_of_raw"] for s, r in per_size.items()},
