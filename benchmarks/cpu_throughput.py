@@ -220,7 +220,8 @@ def loop_row(name: str, x: torch.Tensor, raw: dict[str, Any], steps: int = 4) ->
             "weights": np.ones((n * steps, *masks.shape[1:]), np.float32)}
     cfg = TrainConfig(epochs=2, batch_size=n, max_steps_per_epoch=steps, recalibrate_bn=False, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
-        history = train_model(build(name).train(), data, None, cfg, cpu, Path(tmp) / "ckpt.pt", progress=False)
+        history = train_model(build(name).train(), data, None, cfg, cpu, Path(tmp) / "ckpt.pt",
+                              progress=False)["history"]
     seconds = history[-1]["seconds"] / steps
     megapixels = n * x.shape[2] * x.shape[3] / 1e6
     row = {"variant": variant, "mp_s": round(megapixels / seconds, 3), "seconds": round(seconds, 4)}
