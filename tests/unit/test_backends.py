@@ -154,3 +154,12 @@ def test_the_first_job_to_publish_its_choice_decides_for_all(tmp_path):
     second = publish_once(path, {"backend": "onnxruntime", "seconds": 2})
     assert first == second == {"backend": "openvino", "seconds": 1}
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary files left behind
+
+
+def test_job_megapixels_counts_tiles_and_tta_transforms():
+    from histoflow.backends import job_megapixels
+
+    # 10 tiles of 256² = 0.65536 MP; flips run each tile 4 times.
+    assert job_megapixels(10, 256) == pytest.approx(0.65536)
+    assert job_megapixels(10, 256, "flips") == pytest.approx(4 * 0.65536)
+    assert job_megapixels(10, 256, "dihedral") == pytest.approx(8 * 0.65536)

@@ -262,6 +262,11 @@ class ModelPredictor:
         return self.activation(self.run(x).float()).to(x.device)
 
 
+def job_megapixels(n_tiles: int, side: int, tta: str = "none") -> float:
+    """Input megapixels a job runs through the model: ``n_tiles`` tiles of ``side``², times the TTA transforms."""
+    return n_tiles * {"none": 1, "flips": 4, "dihedral": 8}[tta] * side * side / 1e6
+
+
 def model_predictor(model: torch.nn.Module, device: torch.device, predict: dict[str, Any], model_dir: str | Path,
                     activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
                     megapixels: float | None = None) -> ModelPredictor:

@@ -115,12 +115,16 @@ def prepare_model(model: torch.nn.Module, device: torch.device, channels_last: b
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool | None = None) -> torch.Tensor:
-    """``x`` on ``device``; a 4-D batch in channels_last where the model is (CUDA unless told)."""
+    """``x`` on ``device``; a 4-D batch in the model's memory format: channels_last or not (CUDA unless told).
+
+    Both ways: a batch sliced from a permuted array has channels_last strides, and convolutions follow their
+    input's layout, so a contiguous model fed such a batch would run channels_last anyway.
+    """
     x = x.to(device, non_blocking=True)
     if channels_last is None:
         channels_last = device.type == "cuda"
-    if channels_last and x.ndim == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
+    if x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return x
 
 

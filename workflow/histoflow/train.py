@@ -109,8 +109,13 @@ def seed_everything(seed: int) -> None:
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """``uint8 (N, H, W, 3)`` → ``float32 (N, 3, H, W)`` in [0, 1] (the model's input convention)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    """``uint8 (N, H, W, 3)`` → ``float32 (N, 3, H, W)`` in [0, 1] (the model's input convention), contiguous.
+
+    Contiguous, not the channels_last strides a bare permute leaves: the input's layout decides every
+    convolution's, and fp32 training on a CPU is 20-25 % slower in channels_last.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    return x.contiguous().float().div_(255.0)
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, eps: float = 1.0) -> torch.Tensor:

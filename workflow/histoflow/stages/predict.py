@@ -23,7 +23,7 @@ def run_predict(
     """
     import torch
 
-    from ..backends import model_predictor
+    from ..backends import job_megapixels, model_predictor
     from ..device import load_for_inference
     from ..tiling import predict_tiled, tta_predictor
 
@@ -33,8 +33,9 @@ def run_predict(
         return
     multiclass = bool(spec.get("classes"))
     activation = (lambda z: torch.softmax(z.float(), dim=1)) if multiclass else torch.sigmoid
-    net = model_predictor(model, dev, predict, model_dir, activation,
-                          megapixels=job_megapixels(normalized_dir, stems, predict, model))
+    side = getattr(model, "context_factor", 1) * predict["tile"]
+    megapixels = job_megapixels(tiles_of_job(normalized_dir, stems, predict), side, predict.get("tta", "none"))
+    net = model_predictor(model, dev, predict, model_dir, activation, megapixels)
     predictor = tta_predictor(net, predict.get("tta", "none"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,20 +55,18 @@ def run_predict(
     write_json(out / "backend.json", net.record)
 
 
-def job_megapixels(normalized_dir: PathLike, stems: list[str], predict: dict[str, Any], model) -> float:
-    """Input megapixels the job's tiles add up to (TTA transforms included), read from the image headers."""
+def tiles_of_job(normalized_dir: PathLike, stems: list[str], predict: dict[str, Any]) -> int:
+    """How many tiles the job's images make (their sizes read from the PNG headers)."""
     import imageio.v3 as iio
 
     from ..tiling import tile_starts
 
-    side = predict["tile"] + (getattr(model, "context_factor", 1) - 1) * predict["tile"]
-    tta = {"none": 1, "flips": 4, "dihedral": 8}[predict.get("tta", "none")]
     tiles = 0
     for stem in stems:
         h, w = iio.improps(Path(normalized_dir) / f"{stem}.png").shape[:2]
         tiles += len(tile_starts(max(h, predict["tile"]), predict["tile"], predict["overlap"])) * len(
             tile_starts(max(w, predict["tile"]), predict["tile"], predict["overlap"]))
-    return tiles * tta * side * side / 1e6
+    return tiles
 
 
 def predict_instances(

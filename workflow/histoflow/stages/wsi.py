@@ -113,7 +113,7 @@ def run_predict_slide_region(
     """
     import torch
 
-    from ..backends import model_predictor
+    from ..backends import job_megapixels, model_predictor
     from ..device import load_for_inference
     from ..io import atomic_dir
     from ..tiling import tta_predictor
@@ -138,7 +138,10 @@ def run_predict_slide_region(
     if getattr(model, "instance_model", False):  # detections -> the seed's merge map, blended like any map
         predictor = instance_slide_predictor(model, spec, predict, dev)
     else:
-        net = model_predictor(model, dev, predict, model_dir)
+        # the whole slide's size decides auto's export, so that every region runs the same backend
+        side = slides["tile"] + 2 * context
+        net = model_predictor(model, dev, predict, model_dir,
+                              megapixels=job_megapixels(grid.n_tiles, side, predict.get("tta", "none")))
         predictor = tta_predictor(net, predict.get("tta", "none"))
     norm = slide_normalizer(stain_json) if slides["stain"] else None
     out_channels = int(spec.get("kwargs", {}).get("out_channels", 1))
