@@ -9,8 +9,9 @@ summary ``metrics/<model>/<dataset>_summary.json``, the model's ``spec.json`` (t
 both stages of a two-stage model, and device) and the ``predict`` job's benchmark file (inference
 wall-clock). Each figure becomes an entry under a key ``<dataset>_<metric>`` (``glas_testA_object_f1``,
 ``monuseg_aji``: a trailing ``_test`` of the dataset name is dropped) holding one entry per model:
-value, model, arch, recipe (the model's validated config block), config file, device, training and
-inference seconds, the date the evaluation ran, the commit checked out when it was recorded.
+value, model, arch, recipe (the model's validated config block), config file, device (the GPU, or the CPU
+model and cores) and threads, training precision, inference backend and precision, training and inference
+seconds, the date the evaluation ran, the commit checked out when it was recorded.
 Entries of other models or configs already in the file are kept; the same model and config replace
 their own. Also prints a markdown table, with the config's published references beside ours.
 
@@ -137,7 +138,11 @@ def collect(config_path: Path, workdir: Path, device_name: str | None = None) ->
             if m in config["models"]:
                 check_run(results, m, model_cfg, d, len(datasets[d].test), summary)
             timing = model_timing(str(results), m, d)
-            recorded = read_json(results / "models" / m / "spec.json").get("device_name")
+            spec_path = results / "models" / m / "spec.json"
+            spec = read_json(spec_path) if spec_path.exists() else {}  # an ensemble has none
+            backend_path = results / "predictions" / m / d / "backend.json"
+            backend = read_json(backend_path) if backend_path.exists() else {}
+            recorded = spec.get("device_name")
             device = recorded or timing["device"]
             if not recorded and str(device).startswith("cuda"):  # the run stored only "cuda"
                 device = device_name or f"{device} (GPU model not recorded: pass --device-name)"
@@ -152,6 +157,10 @@ def collect(config_path: Path, workdir: Path, device_name: str | None = None) ->
                     "summary_key": key,
                     "n_images": int(summary["n_images"]),
                     "device": device,
+                    "threads": spec.get("threads"),
+                    "train_precision": spec.get("precision"),
+                    "inference_backend": backend.get("backend"),
+                    "inference_precision": backend.get("precision"),
                     "train_seconds": timing["train_seconds"],
                     "predict_seconds": timing["predict_seconds"],
                     "date": dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc).date().isoformat(),

@@ -137,3 +137,18 @@ def test_figure_names():
     assert accuracy.summary_figures({"pooled_mean_dice": 0.8, "pooled_dice_membrane": 0.7, "aji_mean": 0.1},
                                     ["membrane", "cell"]) == {"mean_dice": ("pooled_mean_dice", 0.8),
                                                               "membrane_dice": ("pooled_dice_membrane", 0.7)}
+
+
+def test_a_cpu_run_records_the_cpu_threads_precision_and_backend(run, tmp_path):
+    put(run / "res/models/mdn/spec.json", {"arch": "vgg16_mdn", "train_seconds": 30.0, "device": "cpu",
+                                           "device_name": "AMD EPYC 9R14 (2 cores)", "threads": 2,
+                                           "precision": "fp32",
+                                           "kwargs": {"in_channels": 3, "out_channels": 1, "base_width": 4}})
+    put(run / "res/predictions/mdn/glas_testA/backend.json", {"backend": "openvino", "precision": "fp32"})
+    out = tmp_path / "accuracy.json"
+    assert record(run, out) == 0
+    f1 = {e["model"]: e for e in json.loads(out.read_text())["glas_testA_object_f1"]}
+    mdn, both = f1["mdn"], f1["both"]
+    assert (mdn["device"], mdn["threads"], mdn["train_precision"]) == ("AMD EPYC 9R14 (2 cores)", 2, "fp32")
+    assert (mdn["inference_backend"], mdn["inference_precision"]) == ("openvino", "fp32")
+    assert both["threads"] is None and both["inference_backend"] is None  # an ensemble: neither recorded

@@ -56,6 +56,30 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo``, else what ``platform`` knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cpus() -> int:
+    """The cores this process may use: its affinity, as SLURM and taskset set it."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_name() -> str:
+    """``"<CPU model> (<n> cores)"``, as spec.json and the benchmarks record a CPU."""
+    return f"{cpu_model()} ({usable_cpus()} cores)"
+
+
 def resolve_precision(precision: str, device: torch.device, flags: Collection[str] | None = None) -> str:
     """``"fp32"`` or ``"bf16"``: the arithmetic ``precision`` (auto, fp32 or bf16) means on ``device``.
 

@@ -98,7 +98,7 @@ def model_spec(model_cfg: dict[str, Any], kwargs: dict[str, Any], cfg, attrs: di
     """``spec.json``: what rebuilds the model (arch, kwargs) and how its outputs are used and were made."""
     import torch
 
-    from ..device import resolve_precision
+    from ..device import cpu_name, resolve_precision
     from ..train import instance_precision
 
     return {
@@ -115,7 +115,8 @@ def model_spec(model_cfg: dict[str, Any], kwargs: dict[str, Any], cfg, attrs: di
         "val_dice": result["val_dice"],
         "train_seconds": train_seconds,
         "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
+        "threads": torch.get_num_threads() if dev.type == "cpu" else None,
         "precision": resolve_precision(instance_precision(cfg.precision, dev) if instance else cfg.precision, dev),
         "stage": stage,
     }
