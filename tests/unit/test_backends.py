@@ -163,3 +163,15 @@ def test_job_megapixels_counts_tiles_and_tta_transforms():
     assert job_megapixels(10, 256) == pytest.approx(0.65536)
     assert job_megapixels(10, 256, "flips") == pytest.approx(4 * 0.65536)
     assert job_megapixels(10, 256, "dihedral") == pytest.approx(8 * 0.65536)
+
+
+def test_auto_compares_with_an_fp32_reference_even_inside_a_bf16_region(model_dir):
+    from histoflow.device import autocast
+
+    model, folder = model_dir
+    net = ModelPredictor(model, CPU, "auto", "bf16", folder / "exported", folder / "model.pt")
+    with torch.inference_mode(), autocast(CPU, "bf16"):  # as predict_tiled calls it with precision bf16
+        net(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)))
+    torch_bf16 = net.record["candidates"]["torch"]
+    # torch in bf16 differs from the fp32 reference (a bf16 reference would make this exactly 0) but agrees
+    assert 0 < torch_bf16["max_abs_diff"] <= torch_bf16["tolerance"]

@@ -175,13 +175,14 @@ def choose_backend(model: torch.nn.Module, example: torch.Tensor, device: torch.
         if backend_available(record["backend"]):
             return record["backend"], make_runner(record["backend"], model, example, device, precision, cache_dir,
                                                   key), record
-    with torch.inference_mode():
-        reference = activation(model.float()(example).float())
+    with torch.inference_mode(), autocast(device, "fp32"):  # fp32 even inside the caller's bf16 region
+        reference = activation(model(example).float())
     candidates = [name for name in BACKENDS[1:] if backend_available(name)]
     measured: dict[str, dict[str, Any]] = {}
+    runners: dict[str, Runner] = {}
     for name in candidates:
         try:
-            run = make_runner(name, model, example, device, precision, cache_dir, key)
+            run = runners[name] = make_runner(name, model, example, device, precision, cache_dir, key)
             out, seconds = _timed(run, example)
             diff = float((activation(out.float()) - reference).abs().max())
         except Exception as exc:  # noqa: BLE001 - an export or runtime that cannot take this model is skipped
@@ -197,8 +198,9 @@ def choose_backend(model: torch.nn.Module, example: torch.Tensor, device: torch.
     log.info("backend auto -> %s (%s)", best, ", ".join(
         f"{n} {m['seconds'] * 1e3:.0f} ms" if "seconds" in m else f"{n} failed" for n, m in measured.items()))
     record = publish_once(record_path, record)
-    return record["backend"], make_runner(record["backend"], model, example, device, precision, cache_dir,
-                                          key), record
+    chosen = record["backend"]  # ours, or another job's that published first
+    run = runners.get(chosen) or make_runner(chosen, model, example, device, precision, cache_dir, key)
+    return chosen, run, record
 
 
 def publish_once(path: Path, record: dict[str, Any]) -> dict[str, Any]:
