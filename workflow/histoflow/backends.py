@@ -241,7 +241,7 @@ class ModelPredictor:
         self.model, self.device, self.backend, self.activation = model.eval(), device, backend, activation
         self.precision = resolve_precision(precision, device)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.key = weights_key(model_file) if model_file is not None and self.cache_dir is not None else None
+        self.model_file = model_file
         self.megapixels = megapixels
         self.run: Runner | None = None
         self.record: dict[str, Any] = {}
@@ -249,17 +249,22 @@ class ModelPredictor:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Activated outputs ``(B, K, t, t)`` of the batch ``x``."""
         if self.run is None:
-            if self.backend == "auto" and self.megapixels is not None and self.megapixels < AUTO_MIN_MEGAPIXELS:
+            small = self.megapixels is not None and self.megapixels < AUTO_MIN_MEGAPIXELS
+            if self.backend == "torch" or (self.backend == "auto" and small):
                 name, self.run = "torch", torch_runner(self.model, self.device, self.precision)
-                self.record = {"backend": name, "precision": self.precision,
-                               "reason": f"a job of {self.megapixels:.2f} MP: exporting would cost more than it saves"}
-            elif self.backend == "auto":
-                name, self.run, self.record = choose_backend(self.model, x, self.device, self.precision,
-                                                             self.cache_dir, self.key, self.activation)
-            else:
-                name = self.backend
-                self.run = make_runner(name, self.model, x, self.device, self.precision, self.cache_dir, self.key)
                 self.record = {"backend": name, "precision": self.precision}
+                if self.backend == "auto":
+                    self.record["reason"] = (f"a job of {self.megapixels:.2f} MP: exporting would cost more than "
+                                             "it saves")
+            else:  # hash the weights (the export cache's key) only where a graph may be exported or looked up
+                key = weights_key(self.model_file) if self.model_file is not None and self.cache_dir else None
+                if self.backend == "auto":
+                    name, self.run, self.record = choose_backend(self.model, x, self.device, self.precision,
+                                                                 self.cache_dir, key, self.activation)
+                else:
+                    name = self.backend
+                    self.run = make_runner(name, self.model, x, self.device, self.precision, self.cache_dir, key)
+                    self.record = {"backend": name, "precision": self.precision}
             log.info("inference backend %s, precision %s", name, self.precision)
         return self.activation(self.run(x).float()).to(x.device)
 
