@@ -238,6 +238,21 @@ def test_dataset_limit_keeps_the_first_stems_in_sorted_order(tmp_path):
     assert ds.stems == sorted(demo_stems(5))[:3] and sorted(ds.masks) == ds.stems
 
 
+def test_dataset_stems_select_images_by_name_and_reject_unknown_ones(tmp_path):
+    names = ["x_1.png", "x_10.png", "x_2.png", "x_3.png"]
+    config = _folders(tmp_path, names, ["x_2.png", "x_3.png"])  # only the selected images need masks
+    config["datasets"]["mine"].update(stems=["x_3", "x_2"], split="test")
+    ds = resolve_dataset("mine", config["datasets"]["mine"], config)
+    assert ds.stems == ["x_2", "x_3"] and set(ds.masks) == {"x_2", "x_3"}
+    config["datasets"]["mine"]["limit"] = 1  # limit applies after the selection: the first selected stem
+    assert resolve_dataset("mine", config["datasets"]["mine"], config).stems == ["x_2"]
+    config["datasets"]["mine"].update(stems=["x_2", "x_4"], limit=None)
+    with pytest.raises(InputError, match=r"no image with the stem\(s\) \['x_4'\]"):
+        resolve_dataset("mine", config["datasets"]["mine"], config)
+    with pytest.raises(ConfigError, match="datasets.mine.stems"):
+        validate_config({"datasets": {"mine": {"images": "a", "masks": "b", "stems": []}}})
+
+
 def test_references_are_validated_and_must_name_a_test_dataset():
     ref = {"method": "DCAN", "source": "Chen et al., CVPR 2016", "metrics": {"object_f1_pooled": 0.912}}
     config = validate_config({"demo": {"n_images": 4},

@@ -74,6 +74,20 @@ def limit_stems(paths: dict[str, str], limit: int | None) -> dict[str, str]:
     return {s: paths[s] for s in sorted(paths)[:limit]}
 
 
+def select_stems(paths: dict[str, str], stems: list[str] | None, folder: str) -> dict[str, str]:
+    """The entries of ``paths`` (stem → path) named in ``stems``, in that order; all of them when None.
+
+    A stem that is not in ``folder`` is an error naming it (a typo would otherwise score fewer images).
+    """
+    if stems is None:
+        return dict(paths)
+    missing = [s for s in stems if s not in paths]
+    if missing:
+        raise InputError(f"{folder}: no image with the stem(s) {missing[:5]} listed in datasets.*.stems; "
+                         f"the folder has e.g. {sorted(paths)[:3]}. Fix the names or remove them from stems.")
+    return {s: paths[s] for s in stems}
+
+
 def resolve_dataset(name: str, cfg: dict[str, Any], config: dict[str, Any]) -> Dataset:
     """Build a :class:`Dataset` from its config entry (generator or folders)."""
     results = config["results"]
@@ -82,10 +96,12 @@ def resolve_dataset(name: str, cfg: dict[str, Any], config: dict[str, Any]) -> D
         images = {s: f"{results}/data/{name}/images/{s}.png" for s in stems}
         folder = "classes" if cfg["mask_type"] == "classes" else "labels"
         masks = {s: f"{results}/data/{name}/{folder}/{s}.png" for s in stems}
-        images = limit_stems(images, cfg.get("limit"))
+        images = limit_stems(select_stems(images, cfg.get("stems"), f"dataset {name!r} (generated)"),
+                             cfg.get("limit"))
         masks = {s: masks[s] for s in images}
     else:
-        images = {s: str(p) for s, p in list_stems(cfg["images"]).items()}
+        images = select_stems({s: str(p) for s, p in list_stems(cfg["images"]).items()}, cfg.get("stems"),
+                              cfg["images"])
         masks_all = {s: str(p) for s, p in list_stems(cfg["masks"]).items()}
         if not images:
             raise InputError(f"{cfg['images']}: no image files (png/tif/jpg/webp/bmp) found for dataset {name!r}.")

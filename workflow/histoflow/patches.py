@@ -291,7 +291,9 @@ def extract_dataset_patches(
 ) -> tuple[dict[str, int], dict[str, list[tuple[str, str]]]]:
     """Split each dataset's training images into train/val and write all their patches to the HDF5 store.
 
-    The store is ``out_store``. Returns the patch counts and the ``(dataset, stem)`` pairs of each role.
+    The store is ``out_store``. With ``patches["scale"]`` other than 1, images and labels are resized to the
+    working resolution first (:mod:`histoflow.resample`; the store's ``scale`` attribute records it).
+    Returns the patch counts and the ``(dataset, stem)`` pairs of each role.
 
     ``normalized_dirs`` maps each dataset to the folder of its normalized ``<stem>.png`` images.
 
@@ -299,7 +301,10 @@ def extract_dataset_patches(
     are the instance labels behind the boundary and contour-aware weight maps.
     """
     from .io import read_rgb
+    from .resample import resize_image, resize_labels, scaled_shape
     from .semantic import class_instances, read_truth
+
+    scale = float(patches.get("scale", 1.0))
 
     rng = np.random.default_rng(seed)
     roles: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
@@ -319,6 +324,10 @@ def extract_dataset_patches(
                     f"{d['masks'][stem]}: mask is {labels.shape} but its image {d['images'][stem]} is "
                     f"{image.shape[:2]}; masks must have the same size as their images."
                 )
+            if scale != 1.0:  # the working resolution (histoflow.resample)
+                shape = scaled_shape(image.shape, scale)
+                image, labels = resize_image(image, shape), resize_labels(labels, shape)
+                truth = resize_labels(truth, shape) if classes else labels
             yield from extract_patches(
                 image, labels, f"{name}/{stem}", patches["size"], mode=mode, n_random=patches["per_image"],
                 overlap=patches["overlap"], rng=rng, boundary_width=patches["boundary_width"],
@@ -332,7 +341,8 @@ def extract_dataset_patches(
         out_store,
         {"train": patches_of(roles["train"], patches["mode"]), "val": patches_of(roles["val"], "grid")},
         patches["size"],
-        attrs={"boundary_width": patches["boundary_width"], "classes": json.dumps(list(classes or []))},
+        attrs={"boundary_width": patches["boundary_width"], "classes": json.dumps(list(classes or [])),
+               "scale": scale},
     )
     return counts, roles
 
