@@ -15,7 +15,9 @@ seconds, the date the evaluation ran, the commit checked out when it was recorde
 Entries of other models or configs already in the file are kept; the same model and config replace
 their own. Also prints a markdown table, with the config's published references beside ours.
 
-Only measured values are ever written, and only from a run that is the config's benchmark: a run on
+A test-split dataset made of training images (the validation images a CPU recipe is chosen on) is not
+a benchmark figure and is skipped. Only measured values are ever written, and only from a run that is the
+config's benchmark: a run on
 a subset of the test images (``datasets.*.limit``), or whose trained networks differ from the
 config's recipe (e.g. a CI run with tiny widths or fewer epochs), is refused with the reason.
 
@@ -101,6 +103,14 @@ def check_run(results: Path, model: str, model_cfg: dict[str, Any], dataset: str
                               f"{model_cfg[stage]['epochs']}; this results folder is not that config's run.")
 
 
+def validation_datasets(datasets: dict[str, Any]) -> set[str]:
+    """Test-split datasets made of training images (e.g. ``stems:`` of the validation images): not benchmark
+    figures, so never recorded (``benchmarks/learning_curves.py`` reports them)."""
+    training = {str(Path(p).resolve()) for ds in datasets.values() if ds.train for p in ds.images.values()}
+    return {name for name, ds in datasets.items()
+            if ds.test and all(str(Path(ds.images[s]).resolve()) in training for s in ds.test)}
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
@@ -127,7 +137,8 @@ def collect(config_path: Path, workdir: Path, device_name: str | None = None) ->
     models = list(config["models"]) + list(config["ensembles"])
     commit = git_commit()
     out: dict[str, dict[str, Any]] = {}
-    for d in (name for name, ds in datasets.items() if ds.test):
+    held_out = validation_datasets(datasets)
+    for d in (name for name, ds in datasets.items() if ds.test and name not in held_out):
         for m in models:
             path = results / "metrics" / m / f"{d}_summary.json"
             if not path.exists():

@@ -152,3 +152,14 @@ def test_a_cpu_run_records_the_cpu_threads_precision_and_backend(run, tmp_path):
     assert (mdn["device"], mdn["threads"], mdn["train_precision"]) == ("AMD EPYC 9R14 (2 cores)", 2, "fp32")
     assert (mdn["inference_backend"], mdn["inference_precision"]) == ("openvino", "fp32")
     assert both["threads"] is None and both["inference_backend"] is None  # an ensemble: neither recorded
+
+
+def test_validation_images_scored_as_a_test_dataset_are_not_recorded(run, tmp_path):
+    # glas_val: one of the training images, scored as a test split to choose a CPU recipe (no summary needed:
+    # it is skipped before its figures are looked for)
+    cfg = {**CONFIG, "datasets": {**CONFIG["datasets"], "glas_val": {
+        "images": "data/train/images", "masks": "data/train/labels", "split": "test", "stems": ["t2"]}}}
+    put(run / "cfg.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    out = tmp_path / "accuracy.json"
+    assert record(run, out) == 0
+    assert all(k.startswith("glas_testA_") for k in json.loads(out.read_text()))
