@@ -76,7 +76,7 @@ def plot(records: list[dict[str, Any]], title: str, path: Path) -> None:
         ax.plot(r["minutes"], r["val_dice"], marker="o", ms=3, label=r["label"])
     ax.set_xlabel("training wall-clock (minutes)")
     ax.set_ylabel("validation pixel Dice")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
