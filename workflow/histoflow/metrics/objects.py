@@ -171,12 +171,9 @@ def _detection_counts(m: ObjectMatch) -> dict[str, int]:
     """Detection counts from an overlap table (see :func:`object_detection_counts`)."""
     has_partner = m.pred_best >= 0
     partner_area = _gather(m.gt_areas, m.pred_best)
-    # |S ∩ G| / |G| >= 0.5, in exact integer arithmetic
-    candidate = has_partner & (2 * m.pred_best_overlap >= partner_area)
-    cand_pred = np.flatnonzero(candidate)  # ascending, i.e. in order of predicted id
-    # every ground-truth object is matched at most once: the first (smallest-id) prediction wins
-    _, first = np.unique(m.pred_best[cand_pred], return_index=True)
-    tp = int(first.size)
+    # |S ∩ G| / |G| > 0.5, in exact integer arithmetic. Predicted objects are disjoint, so at most one of them
+    # covers more than half of a ground-truth object: no ground-truth object is counted twice.
+    tp = int(np.count_nonzero(has_partner & (2 * m.pred_best_overlap > partner_area)))
     return {
         "tp": tp,
         "fp": m.n_pred - tp,
@@ -196,12 +193,13 @@ def object_detection_counts(pred_labels: np.ndarray, gt_labels: np.ndarray) -> d
     """GlaS object detection counts: true positives, false positives and false negatives.
 
     GlaS definition: a true positive is "a segmented object that intersects with at least 50% of
-    its ground truth object". The ground-truth object corresponding to a predicted object ``S`` is
-    the one ``G`` that overlaps ``S`` the most (ties: smallest id); ``S`` is a TP if
-    ``|S ∩ G| / |G| >= 0.5``, otherwise (including when ``S`` overlaps no ground truth at all) a
-    FP. Each ground-truth object is matched by at most one TP (if two predictions each cover
-    exactly half of it, the one with the smaller id is the TP and the other a FP). FN is the number
-    of ground-truth objects not matched by any TP.
+    its ground truth object"; the organisers' evaluation code (``F1score.m``), which produced the
+    leaderboard, counts it when the intersection is *more than* half, and so does this function. The
+    ground-truth object corresponding to a predicted object ``S`` is the one ``G`` that overlaps ``S``
+    the most (ties: smallest id); ``S`` is a TP if ``|S ∩ G| / |G| > 0.5``, otherwise (including when
+    ``S`` overlaps no ground truth at all) a FP. Predicted objects are disjoint, so at most one of
+    them covers more than half of a ground-truth object. FN is the number of ground-truth objects not
+    matched by any TP.
 
     Parameters
     ----------
@@ -329,7 +327,7 @@ def _nearest_partners(
     """For every object in ``lonely`` (indices into ``index``), the nearest object of ``other_index``.
 
     "Nearest" is the smallest minimum pixel-to-pixel Euclidean distance; ties go to the smallest
-    id. ``other_index`` must hold at least one object.
+    id. ``other_index`` must hold at least one object. (A seed for :func:`_min_hausdorff_partners`.)
     """
     if lonely.size == 0:
         return {}
@@ -340,15 +338,74 @@ def _nearest_partners(
     out: dict[int, int] = {}
     for k, dist in zip(lonely.tolist(), np.atleast_1d(d_min).tolist(), strict=True):
         # every pixel within `dist` of the object lies in its box grown by ceil(dist)
-        pad = int(math.ceil(dist)) + 1
-        box = tuple(
-            slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(boxes[k], shape, strict=True)
-        )
+        box = _grown_box(boxes[k], dist, shape)
         d_self = ndimage.distance_transform_edt(index[box] != k + 1)  # exact: the object is inside box
         other = other_index[box]
         near = (other > 0) & (d_self <= dist + 1e-9)
         candidates = np.unique(other[near]) - 1
         out[k] = int(candidates[np.argmin(other_ids[candidates])])
+    return out
+
+
+def _grown_box(box: tuple[slice, slice], radius: float, shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """``box`` grown by ``ceil(radius) + 1`` pixels on every side, clipped to the image.
+
+    Every pixel within Euclidean distance ``radius`` of a pixel inside ``box`` lies inside the result.
+    """
+    pad = int(math.ceil(radius)) + 1
+    return tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(box, shape, strict=True))
+
+
+def _min_hausdorff_partners(
+    lonely: np.ndarray,
+    seeds: dict[int, int],
+    hausdorff,
+    index: np.ndarray,
+    boxes: list[tuple[slice, slice]],
+    other_index: np.ndarray,
+    other_boxes: list[tuple[slice, slice]],
+    other_ids: np.ndarray,
+) -> dict[int, int]:
+    """For every object in ``lonely``, the object of the other side at the smallest Hausdorff distance.
+
+    This is the GlaS organisers' rule (``ObjectHausdorff.m``) for an object that overlaps nothing: it is
+    compared with every object of the other side and paired with the one whose Hausdorff distance to it is
+    smallest (ties: smallest id). Exact, without computing all pairs: start from the nearest object
+    (``seeds``), whose distance ``h0`` bounds the answer. An object ``B`` with ``H(A, B) <= h0`` has every
+    pixel within ``h0`` of ``A``, so it lies wholly inside ``A``'s box grown by ``h0``; for those, the
+    distance transform of ``A`` gives the lower bound ``max(max_B d_A, min_B d_A) <= H(A, B)``, and exact
+    distances are computed in order of that bound until it exceeds the best found.
+
+    ``hausdorff(k, j)`` is the exact distance between lonely object ``k`` and other-side object ``j``.
+    """
+    out: dict[int, int] = {}
+    shape = index.shape
+    for k in lonely.tolist():
+        best_j = seeds[k]
+        best_h = hausdorff(k, best_j)
+        box = _grown_box(boxes[k], best_h, shape)
+        inside = [
+            j for j in np.unique(other_index[box]).tolist()
+            if j > 0 and all(o.start >= b.start and o.stop <= b.stop for o, b in zip(other_boxes[j - 1], box, strict=True))
+        ]
+        if not inside:
+            out[k] = best_j
+            continue
+        d_self = ndimage.distance_transform_edt(index[box] != k + 1)  # exact: the object is inside box
+        labels = np.asarray(inside)
+        far = np.atleast_1d(ndimage.maximum(d_self, labels=other_index[box], index=labels))
+        near = np.atleast_1d(ndimage.minimum(d_self, labels=other_index[box], index=labels))
+        bound = np.maximum(far, near)
+        for i in np.lexsort((other_ids[labels - 1], bound)).tolist():
+            if bound[i] > best_h:
+                break
+            j = int(labels[i]) - 1
+            if j == best_j:
+                continue
+            h = hausdorff(k, j)
+            if h < best_h or (h == best_h and other_ids[j] < other_ids[best_j]):
+                best_j, best_h = j, h
+        out[k] = best_j
     return out
 
 
@@ -375,17 +432,6 @@ def _object_hausdorff_terms(m: ObjectMatch) -> tuple[float, float]:
     gt_boxes = ndimage.find_objects(m.gt_index, max_label=m.n_gt)
     pred_boxes = ndimage.find_objects(m.pred_index, max_label=m.n_pred)
 
-    gt_partner = m.gt_best.copy()
-    for gi, pj in _nearest_partners(
-        m.gt_index, gt_boxes, np.flatnonzero(gt_partner < 0), m.pred_index, m.pred_ids
-    ).items():
-        gt_partner[gi] = pj
-    pred_partner = m.pred_best.copy()
-    for pj, gi in _nearest_partners(
-        m.pred_index, pred_boxes, np.flatnonzero(pred_partner < 0), m.gt_index, m.gt_ids
-    ).items():
-        pred_partner[pj] = gi
-
     cache: dict[tuple[int, int], float] = {}
 
     def hausdorff(gi: int, pj: int) -> float:
@@ -393,6 +439,21 @@ def _object_hausdorff_terms(m: ObjectMatch) -> tuple[float, float]:
         if key not in cache:
             cache[key] = _pair_hausdorff(m, gi, pj, gt_boxes, pred_boxes)
         return cache[key]
+
+    gt_partner = m.gt_best.copy()
+    lonely = np.flatnonzero(gt_partner < 0)
+    seeds = _nearest_partners(m.gt_index, gt_boxes, lonely, m.pred_index, m.pred_ids)
+    for gi, pj in _min_hausdorff_partners(
+        lonely, seeds, hausdorff, m.gt_index, gt_boxes, m.pred_index, pred_boxes, m.pred_ids
+    ).items():
+        gt_partner[gi] = pj
+    pred_partner = m.pred_best.copy()
+    lonely = np.flatnonzero(pred_partner < 0)
+    seeds = _nearest_partners(m.pred_index, pred_boxes, lonely, m.gt_index, m.gt_ids)
+    for pj, gi in _min_hausdorff_partners(
+        lonely, seeds, lambda pj, gi: hausdorff(gi, pj), m.pred_index, pred_boxes, m.gt_index, gt_boxes, m.gt_ids
+    ).items():
+        pred_partner[pj] = gi
 
     h_gt = np.array([hausdorff(gi, int(pj)) for gi, pj in enumerate(gt_partner)])
     h_pred = np.array([hausdorff(int(gi), pj) for pj, gi in enumerate(pred_partner)])
@@ -404,9 +465,9 @@ def object_hausdorff(pred_labels: np.ndarray, gt_labels: np.ndarray) -> float:
 
     ``H_obj = 1/2 [ sum_i gamma_i H(G_i, S*(G_i)) + sum_j sigma_j H(G*(S_j), S_j) ]`` with the
     area weights of :func:`object_dice`. ``S*(G_i)`` is the predicted object with the largest
-    overlap with ``G_i``; when ``G_i`` overlaps no predicted object it is the *nearest* predicted
-    object (smallest minimum pixel-to-pixel Euclidean distance; ties: smallest id), and
-    symmetrically for ``G*(S_j)``.
+    overlap with ``G_i``; when ``G_i`` overlaps no predicted object it is the predicted object at the
+    smallest Hausdorff distance from ``G_i`` (ties: smallest id), as in the organisers' evaluation code
+    (``ObjectHausdorff.m``), and symmetrically for ``G*(S_j)``.
 
     ``H`` is the exact Hausdorff distance between the two objects' full pixel sets (pixel centres,
     Euclidean), computed from distance transforms inside the objects' joint bounding box.
