@@ -71,7 +71,8 @@ def figure_prefix(dataset: str) -> str:
 def summary_figures(summary: dict[str, Any], classes: list[str]) -> dict[str, tuple[str, float]]:
     """metric name → (summary key, value) of the official figures present in one evaluation summary."""
     if classes:
-        keys = {"pooled_mean_dice": "mean_dice", **{f"pooled_dice_{c}": f"{c}_dice" for c in classes}}
+        keys = {"pooled_mean_dice": "mean_dice", **{f"pooled_dice_{c}": f"{c}_dice" for c in classes},
+                "pooled_mean_tanimoto": "mean_tanimoto"}
     else:
         keys = FIGURES
     return {name: (key, float(summary[key])) for key, name in keys.items() if key in summary}

@@ -16,6 +16,9 @@ from histoflow.semantic import (
     cleanup_classes,
     confusion_matrix,
     read_class_mask,
+    scores_of_mean_precision_recall,
+    soft_overlap_sums,
+    soft_scores,
     tanimoto_loss,
 )
 
@@ -276,3 +279,47 @@ def test_confusion_matrix_and_class_metrics_by_hand():
     assert class_metrics(confusion_matrix(np.zeros(3, int), np.zeros(3, int), 2))["dice_1"] == 1.0
     with pytest.raises(ValueError, match="class indices"):
         confusion_matrix(np.array([3]), np.array([0]), 3)
+
+
+def test_soft_scores_by_hand():
+    """Two classes, four pixels; truth [0, 0, 1, 1], class-1 probabilities [0, 0.5, 0.5, 1]."""
+    p1 = np.array([[0.0, 0.5, 0.5, 1.0]])
+    prob = np.stack([1 - p1, p1])
+    truth = np.array([[0, 0, 1, 1]])
+    sums = soft_overlap_sums(prob, truth)
+    # class 1: N 4, Σpy = 1.5, Σp² = 1.5, Σp = 2, Σy = 2; class 0 (p = 1, .5, .5, 0) is its mirror image
+    np.testing.assert_allclose(sums, [[4, 1.5, 1.5, 2, 2], [4, 1.5, 1.5, 2, 2]])
+    s = soft_scores(sums, ["bg", "fg"], smooth=0.0)
+    # T(p, y) = 1.5 / (1.5 + 2 - 1.5) = 0.75; complement 1 - p = [1, .5, .5, 0], 1 - y = [1, 1, 0, 0]:
+    # Σ = 1.5, Σ(1-p)² = 1.5, Σ(1-y)² = 2, so 0.75 too; soft Dice = 3 / 4
+    assert s["tanimoto_fg"] == pytest.approx(0.75) and s["tanimoto_bg"] == pytest.approx(0.75)
+    assert s["soft_dice_fg"] == pytest.approx(0.75) and s["mean_tanimoto"] == pytest.approx(0.75)
+    # the Tanimoto coefficient with complement is 1 - the loss the network is trained with
+    logits = torch.log(torch.from_numpy(prob).clamp_min(1e-12)).unsqueeze(0)
+    loss = float(tanimoto_loss(logits, torch.from_numpy(truth).unsqueeze(0), smooth=0.0))
+    assert s["mean_tanimoto"] == pytest.approx(1 - loss, abs=1e-6)
+    # sums add up over images: the pooled score of an image twice is the score of the image
+    assert soft_scores(2 * sums, smooth=0.0)["mean_soft_dice"] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="do not match"):
+        soft_overlap_sums(prob, truth.T)
+
+
+def test_soft_dice_differs_from_the_hard_f1_as_in_the_paper():
+    """Confident right answers: the argmax is perfect (F1 1) but the soft Dice counts the missing confidence."""
+    prob = np.array([[[0.8, 0.8, 0.2, 0.2]], [[0.2, 0.2, 0.8, 0.8]]])
+    truth = np.array([[0, 0, 1, 1]])
+    assert class_metrics(confusion_matrix(prob.argmax(0), truth, 2))["mean_f1"] == 1.0
+    s = soft_scores(soft_overlap_sums(prob, truth), smooth=0.0)
+    assert s["soft_dice_1"] == pytest.approx(2 * 1.6 / (2.0 + 2))  # Σpy 1.6, Σp 2, Σy 2
+    # Tanimoto squares the probabilities: Σp² = 2 (0.64 + 0.04) = 1.36, T = 1.6 / (1.36 + 2 - 1.6) = 10 / 11, and the
+    # complement is the same by symmetry
+    assert s["mean_tanimoto"] == pytest.approx(10 / 11)
+
+
+def test_table_one_scores_follow_from_precision_and_recall():
+    """Res-CR-Net's Table 1 (EM): precision 0.926, recall 0.922 -> F1 0.924, Jaccard 0.859."""
+    t = scores_of_mean_precision_recall(0.926, 0.922)
+    assert round(t["f1_of_mean_pr"], 3) == 0.924 and round(t["jaccard_of_mean_pr"], 3) == 0.859
+    # one set of counts: tp 6, fp 2, fn 4 -> P 3/4, R 3/5, Jaccard 6 / 12
+    assert scores_of_mean_precision_recall(0.75, 0.6)["jaccard_of_mean_pr"] == pytest.approx(0.5)
+    assert scores_of_mean_precision_recall(0.0, 0.5) == {"f1_of_mean_pr": 0.0, "jaccard_of_mean_pr": 0.0}

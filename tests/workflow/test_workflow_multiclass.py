@@ -56,10 +56,12 @@ def test_multiclass_workflow_end_to_end(multi_run):
         assert s["classes"] == CLASSES and np.array(s["confusion"]).shape == (3, 3)
         assert np.array(s["confusion"]).sum() == 2 * 64 * 64  # every test pixel counted once
         for key in ("pooled_mean_dice", "pooled_pixel_accuracy", "pooled_dice_boundary", "mean_dice_mean",
-                    "pooled_f1_gap", "pooled_jaccard_cytoplasm", "pooled_precision_boundary", "pooled_recall_gap"):
+                    "pooled_f1_gap", "pooled_jaccard_cytoplasm", "pooled_precision_boundary", "pooled_recall_gap",
+                    "pooled_mean_tanimoto", "pooled_tanimoto_gap", "pooled_mean_soft_dice", "pooled_f1_of_mean_pr",
+                    "pooled_jaccard_of_mean_pr", "mean_tanimoto_mean"):
             assert 0 <= s[key] <= 1, key
     html = (r / "report.html").read_text()
-    assert "mean over classes" in html and "Dice (= F1)" in html and "Class maps" in html
+    assert "mean over classes" in html and "Dice (= F1)" in html and "Class maps" in html and "Tanimoto" in html
     assert not (r / "objects").exists()  # no instances in a multi-class workflow
     with __import__("h5py").File(r / "patches" / "patches.h5") as f:
         c = f["train/classes"][...]

@@ -197,3 +197,58 @@ def class_metrics(cm: np.ndarray, names: list[str] | None = None) -> dict[str, A
             out[f"{key}_{name}"] = float(v)
         out[f"mean_{key}"] = float(np.mean(vals))
     return out
+
+
+def soft_overlap_sums(prob: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-class sums of class probabilities against the one-hot truth, for :func:`soft_scores`.
+
+    ``prob`` is ``(C, H, W)`` (a multi-class model's softmax; any values in [0, 1]), ``truth`` the class index
+    map ``(H, W)``. Returns ``float64 (C, 5)``: for every class ``c`` with ``p = prob[c]`` and ``y = (truth == c)``,
+    ``[N, Σ p y, Σ p², Σ p, Σ y]`` over the ``N`` pixels. The sums of several images add up to the pooled sums.
+    """
+    prob = np.asarray(prob, np.float64)
+    if prob.ndim != 3 or prob.shape[1:] != truth.shape:
+        raise ValueError(f"probabilities {prob.shape} do not match the class map {truth.shape}: expected (C, H, W)")
+    out = np.empty((prob.shape[0], 5), np.float64)
+    for c, p in enumerate(prob):
+        y = truth == c
+        out[c] = (p.size, p[y].sum(), np.square(p).sum(), p.sum(), np.count_nonzero(y))
+    return out
+
+
+def soft_scores(sums: np.ndarray, names: list[str] | None = None, smooth: float = 1e-5) -> dict[str, float]:
+    """Res-CR-Net's soft scores of class probabilities, from :func:`soft_overlap_sums`.
+
+    Per class: the Tanimoto coefficient with complement ``T̃ = (T(p, y) + T(1 − p, 1 − y)) / 2`` with
+    ``T(p, y) = (Σ p y + s) / (Σ (p² + y²) − Σ p y + s)`` (the paper's headline figure, the complement of its
+    loss, :func:`tanimoto_loss`) as ``tanimoto_<c>``, and the soft Dice ``(2 Σ p y + s) / (Σ p + Σ y + s)`` (the
+    "Dice coeff." of its Table 1, computed on probabilities, which is why it differs from its F1) as
+    ``soft_dice_<c>``; plus their unweighted means over classes, ``mean_tanimoto`` and ``mean_soft_dice``.
+    ``y`` is binary, so ``Σ y² = Σ y``, and the complement's sums follow from ``N``.
+    """
+    n, py, pp, p, y = np.asarray(sums, np.float64).T
+    names = names or [str(i) for i in range(len(n))]
+    fore = (py + smooth) / (pp + y - py + smooth)
+    # 1 - p and 1 - y: Σ (1-p)(1-y) = N - Σp - Σy + Σpy, Σ (1-p)² = N - 2 Σp + Σp², Σ (1-y)² = N - Σy
+    cpy = n - p - y + py
+    back = (cpy + smooth) / ((n - 2 * p + pp) + (n - y) - cpy + smooth)
+    tanimoto = 0.5 * (fore + back)
+    dice = (2 * py + smooth) / (p + y + smooth)
+    out: dict[str, float] = {}
+    for key, vals in (("tanimoto", tanimoto), ("soft_dice", dice)):
+        for name, v in zip(names, vals, strict=True):
+            out[f"{key}_{name}"] = float(v)
+        out[f"mean_{key}"] = float(np.mean(vals))
+    return out
+
+
+def scores_of_mean_precision_recall(precision: float, recall: float) -> dict[str, float]:
+    """F1 and Jaccard from class-averaged precision ``P`` and recall ``R``, as Res-CR-Net's Table 1 reports them.
+
+    ``F1 = 2 P R / (P + R)`` and ``J = P R / (P + R − P R)`` (the Jaccard index of one set of counts with that
+    precision and recall); the paper's four columns satisfy both to its three decimals.
+    """
+    if precision <= 0 or recall <= 0:
+        return {"f1_of_mean_pr": 0.0, "jaccard_of_mean_pr": 0.0}
+    return {"f1_of_mean_pr": 2 * precision * recall / (precision + recall),
+            "jaccard_of_mean_pr": precision * recall / (precision + recall - precision * recall)}

@@ -54,7 +54,7 @@ def run_evaluate(
     multi-class workflow) the outputs are class maps, scored per class (:func:`evaluate_classes`).
     """
     if classes:
-        return evaluate_classes(instances_dir, dataset, classes, out_tsv, out_summary)
+        return evaluate_classes(instances_dir, dataset, classes, out_tsv, out_summary, predictions_dir)
     import pandas as pd
 
     from ..io import atomic_path, read_image
@@ -139,32 +139,55 @@ def run_evaluate_fibres(
 
 def evaluate_classes(
     classes_dir: PathLike, dataset: dict[str, Any], classes: list[str], out_tsv: PathLike, out_summary: PathLike,
+    predictions_dir: PathLike | None = None,
 ) -> dict[str, Any]:
     """Per-class Dice, F1, Jaccard, precision, recall and pixel accuracy of every test image, and a summary.
 
     The test images are the rows. The summary holds their mean ± sd over images, the same scores of the pooled
-    confusion matrix (``pooled_*``) and that matrix itself (``confusion``, rows = truth).
+    confusion matrix (``pooled_*``) and that matrix itself (``confusion``, rows = truth). With the class
+    probability maps (``predictions_dir/<stem>.tif``, ``(C, H, W)``), also Res-CR-Net's soft scores
+    (:func:`histoflow.semantic.soft_scores`: Tanimoto with complement and soft Dice per class, their sums pooled
+    over the test images' pixels), and its Table 1's F1 and Jaccard of the class-averaged precision and recall
+    (:func:`histoflow.semantic.scores_of_mean_precision_recall`).
     """
     import pandas as pd
 
     from ..io import atomic_path, read_image
     from ..metrics import summarize
-    from ..semantic import class_metrics, confusion_matrix, read_truth
+    from ..semantic import (
+        class_metrics,
+        confusion_matrix,
+        read_truth,
+        scores_of_mean_precision_recall,
+        soft_overlap_sums,
+        soft_scores,
+    )
 
     rows, pooled = [], np.zeros((len(classes), len(classes)), np.int64)
+    soft = np.zeros((len(classes), 5)) if predictions_dir is not None else None
     for stem in dataset["test"]:
         pred = read_image(Path(classes_dir) / f"{stem}.tif")
-        cm = confusion_matrix(pred, read_truth(dataset, stem, classes), len(classes))
+        truth = read_truth(dataset, stem, classes)
+        cm = confusion_matrix(pred, truth, len(classes))
         pooled += cm
-        rows.append({"image": stem, **class_metrics(cm, classes)})
+        row = {"image": stem, **class_metrics(cm, classes)}
+        if soft is not None:
+            sums = soft_overlap_sums(read_image(Path(predictions_dir) / f"{stem}.tif"), truth)
+            soft += sums
+            row.update(soft_scores(sums, classes))
+        rows.append(row)
     summary: dict[str, Any] = summarize(rows)
     summary.update({f"pooled_{k}": v for k, v in class_metrics(pooled, classes).items()})
+    summary.update({f"pooled_{k}": v for k, v in scores_of_mean_precision_recall(
+        summary["pooled_mean_precision"], summary["pooled_mean_recall"]).items()})
+    if soft is not None:
+        summary.update({f"pooled_{k}": v for k, v in soft_scores(soft, classes).items()})
     summary["classes"] = list(classes)
     summary["confusion"] = pooled.tolist()
     with atomic_path(out_tsv) as tmp:
         pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     write_json(out_summary, summary)
-    log.info("mean class Dice %.4f (pooled %.4f), pixel accuracy %.4f", summary["mean_dice_mean"],
-             summary["pooled_mean_dice"], summary["pooled_pixel_accuracy"])
+    log.info("mean class Dice %.4f (pooled %.4f), pixel accuracy %.4f%s", summary["mean_dice_mean"],
+             summary["pooled_mean_dice"], summary["pooled_pixel_accuracy"],
+             f", Tanimoto {summary['pooled_mean_tanimoto']:.4f}" if soft is not None else "")
     return summary
-

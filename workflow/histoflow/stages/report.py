@@ -233,6 +233,11 @@ def load_morphometry(results: str, models: list[str], datasets: list[str]) -> di
     return tables
 
 
+def _score(summary: dict[str, Any], key: str) -> str:
+    """A score with three decimals, or "n/a" for a summary written before it existed."""
+    return f"{summary[key]:.3f}" if key in summary else "n/a"
+
+
 def class_section(results: str, models: list[str], datasets: dict[str, dict[str, Any]], classes: list[str],
                   options: dict[str, Any], fig_dir: Path) -> str:
     """Multi-class results: per-class scores of the pooled test pixels and the mean over classes.
@@ -250,16 +255,21 @@ def class_section(results: str, models: list[str], datasets: dict[str, dict[str,
             for c in classes:
                 rows.append([m, d, c]
                             + [f"{s[f'pooled_{k}_{c}']:.3f}" for k in ("dice", "jaccard", "precision", "recall")]
+                            + [_score(s, f"pooled_tanimoto_{c}"), _score(s, f"pooled_soft_dice_{c}")]
                             + [f"{s.get(f'dice_{c}_mean', np.nan):.3f} ± {s.get(f'dice_{c}_sd', np.nan):.3f}"])
             rows.append([m, d, "mean over classes"]
                         + [f"{s[f'pooled_mean_{k}']:.3f}" for k in ("dice", "jaccard", "precision", "recall")]
+                        + [_score(s, "pooled_mean_tanimoto"), _score(s, "pooled_mean_soft_dice")]
                         + [f"{s['mean_dice_mean']:.3f} ± {s['mean_dice_sd']:.3f}"])
             mats.append((f"{m} / {d} (pixel accuracy {s['pooled_pixel_accuracy']:.3f})",
                          np.array(s["confusion"], float)))
     parts = [_table(["model", "dataset", "class", "Dice (= F1)", "Jaccard", "precision", "recall",
-                     "Dice per image (mean ± sd)"], rows),
+                     "Tanimoto (soft)", "Dice (soft)", "Dice per image (mean ± sd)"], rows),
              "<p class=note>Scores of all test pixels pooled (confusion matrix summed over images), and the "
-             "per-image Dice as mean ± sd; 'mean over classes' is the unweighted mean, as the seeds report it.</p>"]
+             "per-image Dice as mean ± sd; 'mean over classes' is the unweighted mean, as the seeds report it. "
+             "Tanimoto (soft) is Res-CR-Net's headline figure, the Tanimoto coefficient with complement of the class "
+             "probabilities, and Dice (soft) the Dice of its Table 1, also on probabilities (sums pooled over the "
+             "test pixels); the other columns score the argmax class map.</p>"]
     fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 3.8), squeeze=False)
     for ax, (title, cm) in zip(axes[0], mats, strict=True):
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
