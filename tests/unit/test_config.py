@@ -35,7 +35,7 @@ def test_empty_config_gets_every_default():
     assert unet["train"]["epochs"] == 20 and unet["train"]["lr"] == 0.001
     assert unet["train"]["max_steps_per_epoch"] is None and unet["train"]["target"] == "masks"
     assert unet["predict"] == {"tile": 256, "overlap": 64, "batch_size": 4, "blend": "gaussian", "tta": "none",
-                               "score_threshold": None, "nms_iou": 0.5, "mask_threshold": 0.3, "precision": "auto",
+                               "score_threshold": 0.4, "nms_iou": 0.5, "mask_threshold": 0.3, "precision": "auto",
                                "backend": "auto"}
     assert unet["train"]["precision"] == "auto"
     assert cfg["postprocess"]["threshold"] is None and cfg["postprocess"]["split"] == "watershed"

@@ -21,6 +21,7 @@ from histoflow.detection import (
     ownership_bounds,
     paste_mask,
 )
+from histoflow.postprocess import MERGE_THRESHOLD, default_threshold
 
 
 def disks_image(shape=(200, 230), n=30, seed=0, radius=(5, 9)):
@@ -102,9 +103,25 @@ def test_seed_merge_map_zeroes_weak_pixels_sums_and_clips():
         return merged_probability(d, (6, 6), mask_threshold=0.3)
 
     np.testing.assert_allclose(merged(0.2, 0.6)[:4, :4], 0.6)  # 0.2 < 0.3 is zeroed
-    np.testing.assert_allclose(merged(0.4, 0.4)[:4, :4], 0.8)  # summed: one object at threshold 0.5
+    np.testing.assert_allclose(merged(0.4, 0.4)[:4, :4], 0.8)  # summed
     np.testing.assert_allclose(merged(0.6, 0.7)[:4, :4], 1.0)  # clipped
     assert merged(0.9, 0.9)[4:, :].max() == 0
+
+
+def test_paper_merge_rule_thresholds_the_sum_at_0_9():
+    """GlaS paper: masks of detections scoring 0.4 or more (after NMS), pixels under 0.3 zeroed, summed, cut at 0.9."""
+    spec = {"instances": True, "threshold": 0.5}
+    assert default_threshold(spec) == MERGE_THRESHOLD == 0.9  # the spec's 0.5 is not the merge rule's cut
+    assert default_threshold({"threshold": 0.35}) == 0.35  # probability models: the validation-chosen one
+    box = np.array([[0, 0, 4, 4], [0, 0, 4, 4], [6, 0, 10, 4], [12, 0, 16, 4]], np.float32)  # x0, y0, x1, y1
+    masks = np.stack([np.full((4, 4), v, np.float32) for v in (0.5, 0.45, 0.95, 0.95)])
+    kept = filter_detections(Detections(box, [0.9, 0.4, 0.39, 0.8], masks), 0.4, nms_iou=1.0)
+    fg = merged_probability(kept, (4, 16), mask_threshold=0.3) >= default_threshold(spec)
+    assert fg[:, :4].all()  # 0.5 + 0.45: two confident-enough masks add up past 0.9
+    assert not fg[:, 6:10].any()  # score 0.39 < 0.4: dropped, confident as its mask is
+    assert fg[:, 12:].all()  # one mask alone must reach 0.9
+    single = filter_detections(Detections(box[:1], [0.9], masks[:1]), 0.4, nms_iou=1.0)
+    assert not (merged_probability(single, (4, 16), 0.3) >= MERGE_THRESHOLD).any()  # 0.5 alone is not enough
 
 
 def test_instance_preserving_merge_gives_overlaps_to_the_higher_score_and_drops_remnants():

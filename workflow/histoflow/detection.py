@@ -177,8 +177,9 @@ def filter_detections(dets: Detections, score_threshold: float, nms_iou: float) 
 def merged_probability(dets: Detections, shape: tuple[int, int], mask_threshold: float = 0.3) -> np.ndarray:
     """The seed's merge map: the sum of the kept masks, clipped to [0, 1].
 
-    Every kept mask has its pixels under ``mask_threshold`` zeroed before the sum. Thresholding the map (0.5
-    by default) gives the merged foreground.
+    Every kept mask has its pixels under ``mask_threshold`` zeroed before the sum. Thresholding the map (at the
+    paper's 0.9 by default, :func:`histoflow.postprocess.default_threshold`; the clip does not change a cut at or
+    below 1) gives the merged foreground.
     """
     out = np.zeros(shape, np.float32)
     for box, mask in zip(dets.boxes, dets.masks, strict=True):
@@ -198,8 +199,8 @@ def merge_map_predictor(
 
     For a batch ``(B, C, H, W)`` the predictor gives the :func:`merged_probability` of each tile's kept
     detections (score at least ``score_threshold``, then NMS), ``float32 (B, 1, H, W)`` on the batch's
-    device. Blended over overlapping tiles and thresholded at 0.5, it is the seed's merge rule on images of
-    any size.
+    device. Blended over overlapping tiles and thresholded (at 0.9, :func:`histoflow.postprocess.default_threshold`),
+    it is the seed's merge rule on images of any size.
     """
 
     def predict(batch: torch.Tensor) -> torch.Tensor:

@@ -276,3 +276,20 @@ def instance_growth(spec: dict[str, Any]) -> int:
         raise ValueError(f"model {spec.get('arch')!r} was trained on target boundaries, which gives no objects: "
                          "evaluate a model trained on masks or interiors (e.g. stage 2 of a two-stage model)")
     return int(spec.get("boundary_width", 1)) if target == "interiors" else 0
+
+
+MERGE_THRESHOLD = 0.9
+"""The GlaS U-Net / Mask R-CNN paper's merge rule thresholds the sum of the kept detection masks at 0.9."""
+
+
+def default_threshold(spec: dict[str, Any]) -> float:
+    """The probability cut used when ``postprocess.threshold`` is null.
+
+    For a model of probability maps, the one chosen on the validation split at training (``spec["threshold"]``).
+    For an instance model (Mask R-CNN, US-Net), whose map is the sum of its kept masks
+    (:func:`histoflow.detection.merged_probability`), the paper's :data:`MERGE_THRESHOLD`: a pixel is foreground
+    when its kept masks add up to at least 0.9 (so one mask alone must be that confident).
+    """
+    if spec.get("instances"):
+        return MERGE_THRESHOLD
+    return float(spec.get("threshold", 0.5))

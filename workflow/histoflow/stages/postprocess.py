@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..io import PathLike, read_json, read_rgb, write_image, write_labels
-from ..postprocess import instance_growth
+from ..postprocess import default_threshold, instance_growth
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,10 @@ def run_postprocess(
         log.info("instances: the %s, each with its own id (objects under %d px dropped)",
                  "voted objects" if spec.get("combine") == "vote" else "model's detections", pp.min_size)
         return
-    default_th = float(spec.get("threshold", 0.5))
+    default_th = default_threshold(spec)
     grow = instance_growth(spec)
-    log.info("threshold: %s%s", pp.threshold if pp.threshold is not None else f"{default_th} (validation-chosen)",
+    log.info("threshold: %s%s", pp.threshold if pp.threshold is not None else
+             f"{default_th} ({'the merge rule' if spec.get('instances') else 'validation-chosen'})",
              f"; graph cut gamma={pp.gamma} sigma={pp.sigma} delta={pp.delta}" if pp.graphcut else "")
     for p in sorted(Path(pred_dir).glob("*.tif")):
         image = read_rgb(Path(normalized_dir) / f"{p.stem}.png") if (pp.graphcut and normalized_dir) else None

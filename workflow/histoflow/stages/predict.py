@@ -82,7 +82,7 @@ def predict_instances(
     """Tiled detection with an instance model.
 
     Per image: ``<stem>.tif``, the seed's merge map (kept masks with pixels under ``mask_threshold`` zeroed,
-    summed, clipped to [0, 1]; thresholded at the spec's 0.5 by the ``merge`` post-processing) and
+    summed, clipped to [0, 1]; thresholded at the paper's 0.9 by the ``merge`` post-processing) and
     ``instances/<stem>.tif``, each kept detection with its own id (the ``preserve`` post-processing). Kept = score
     at least ``score_threshold`` (null: the one chosen on the validation patches), then NMS at ``nms_iou``.
     """

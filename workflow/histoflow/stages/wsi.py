@@ -116,6 +116,7 @@ def run_predict_slide_region(
     from ..backends import job_megapixels, model_predictor
     from ..device import load_for_inference
     from ..io import atomic_dir
+    from ..postprocess import default_threshold
     from ..tiling import tta_predictor
     from ..wsi import limit_malloc_retention, plan_grid, predict_slide, split_regions
 
@@ -155,7 +156,7 @@ def run_predict_slide_region(
             region=reg, grid=grid, context=context, out_channels=out_channels,
             name=f"{Path(slide_path).name} [{region + 1}/{len(regions)}]",
             static_batches=bool(perf.get("compile")) and dev.type == "cuda", precision=predict.get("precision", "auto"),
-            attrs={"model": str(model_dir), "threshold": spec.get("threshold", 0.5)},
+            attrs={"model": str(model_dir), "threshold": default_threshold(spec)},
         )
     if net is not None:
         stats["backend"] = net.record
@@ -201,7 +202,7 @@ def run_slide_outputs(
     ``objects``.
     """
     from ..io import atomic_dir
-    from ..postprocess import PostprocessConfig
+    from ..postprocess import PostprocessConfig, default_threshold
     from ..wsi import CHUNK, create_array, open_group, slide_instances, write_ome_pyramid
 
     t0 = time.perf_counter()
@@ -221,7 +222,7 @@ def run_slide_outputs(
     }
     if outputs["instances"]:
         pp = PostprocessConfig(**postprocess)
-        default_th = float(read_json(spec_json).get("threshold", 0.5))
+        default_th = default_threshold(read_json(spec_json))
         threshold = pp.threshold if pp.threshold is not None else default_th
         icfg = slides["instances"]
         with atomic_dir(out["labels_zarr"]) as tmp:
