@@ -144,7 +144,22 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def test_focal_loss_hand_values():
+def test_focal_loss_is_the_papers_eta_weighted_form_by_default():
+    """US-Net: L_conf = η (1 − ĉ)^γ log ĉ (a loss, so with the sign that makes it positive), no α_t."""
+    logits = torch.tensor([_logit(0.9), _logit(0.9), _logit(0.2)])
+    targets = torch.tensor([1.0, 0.0, 0.0])
+    eta = torch.tensor([3.0, 1.2, 1.2])  # η_fg on the positive anchor, η_bg on the negatives
+    got = focal_loss(logits, targets, gamma=2.0, weights=eta)
+    expect = torch.tensor([
+        3.0 * 0.1**2 * -math.log(0.9),    # ĉ = 0.9 for the true class
+        1.2 * 0.9**2 * -math.log(0.1),    # a negative scored 0.9: ĉ (background) = 0.1
+        1.2 * 0.2**2 * -math.log(0.8),
+    ])
+    torch.testing.assert_close(got, expect)
+    assert tiny().focal_alpha is None  # the model's default is the paper's form
+
+
+def test_focal_loss_hand_values_with_retinanet_alpha():
     logits = torch.tensor([_logit(0.9), _logit(0.9), _logit(0.2)])
     targets = torch.tensor([1.0, 0.0, 0.0])
     got = focal_loss(logits, targets, alpha=0.25, gamma=2.0)
@@ -230,6 +245,12 @@ def test_instance_losses_finite_and_every_group_gets_gradients():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in group), name
 
 
+def p_t(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The probability the classifier gives the anchor's true class."""
+    p = torch.sigmoid(logits.double())
+    return torch.where(pos, p, 1 - p)
+
+
 def test_conf_and_loc_are_eta_weighted_and_normalised_by_positives():
     model = tiny(refine_batch=1).train()
     torch.manual_seed(2)
@@ -246,7 +267,7 @@ def test_conf_and_loc_are_eta_weighted_and_normalised_by_positives():
         m = match_anchors(out["anchors"], gt, 0.5, 0.4)
         pos = m >= 0
         w = torch.where(pos, eta[i, 1], eta[i, 0]) * (m != -2)
-        conf += float(focal_loss(out["cls"][i], pos.float(), 0.25, 2.0, w).sum())
+        conf += float((w * (1 - p_t(out["cls"][i], pos)) ** 2 * -torch.log(p_t(out["cls"][i], pos))).sum())
         target = encode_boxes(gt[m[pos]], out["anchors"][pos])
         loc += float(F.smooth_l1_loss(out["box"][i][pos], target, reduction="sum"))
         n_pos += int(pos.sum())

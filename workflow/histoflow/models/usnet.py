@@ -135,21 +135,26 @@ def enlarge_boxes(boxes: torch.Tensor, margin: float) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------------- losses
-def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0,
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float | None = None, gamma: float = 2.0,
                weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Sigmoid focal loss (Lin et al. 2017), element-wise, same shape as ``logits``.
+    """Sigmoid focal loss, element-wise, same shape as ``logits``.
 
-    The loss is ``-α_t (1 - p_t)**γ log(p_t)`` with ``p_t = p`` and ``α_t = α`` where the target is 1,
-    ``1 - p`` and ``1 - α`` where it is 0; times ``weights`` (broadcast) when given. Computed from the
-    logits (``log p_t`` is minus the binary cross-entropy), so it stays finite for any logit.
+    The loss is ``-(1 - p_t)**γ log(p_t)`` with ``p_t = p`` where the target is 1 and ``1 - p`` where it is 0,
+    times ``weights`` (broadcast) when given: with US-Net's η as the weights, the paper's
+    ``L_conf = η (1 − ĉ)^γ log ĉ`` (up to the sign). ``alpha`` adds RetinaNet's class balance (Lin et al. 2017):
+    ``α_t = α`` where the target is 1 and ``1 - α`` where it is 0; ``None`` (the US-Net paper, whose η already
+    balances the classes) leaves it out. Computed from the logits (``log p_t`` is minus the binary
+    cross-entropy), so it stays finite for any logit.
     """
-    if not 0 <= alpha <= 1 or gamma < 0:
-        raise ValueError(f"need 0 <= alpha <= 1 and gamma >= 0, got alpha={alpha}, gamma={gamma}")
+    if (alpha is not None and not 0 <= alpha <= 1) or gamma < 0:
+        raise ValueError(f"need 0 <= alpha <= 1 (or None) and gamma >= 0, got alpha={alpha}, gamma={gamma}")
     logits, targets = logits.float(), targets.float()
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p = torch.sigmoid(logits)
     p_t = p * targets + (1 - p) * (1 - targets)
-    loss = (alpha * targets + (1 - alpha) * (1 - targets)) * (1 - p_t).pow(gamma) * ce
+    loss = (1 - p_t).pow(gamma) * ce
+    if alpha is not None:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
     return loss if weights is None else loss * weights
 
 
@@ -225,7 +230,8 @@ class USNet(nn.Module):
     head_width, head_convs:
         Width and depth of the RetinaNet class and box towers.
     alpha, beta, focal_gamma, focal_alpha:
-        Loss weights ``L_conf + alpha · L_loc + beta · L_seg`` and the focal loss's γ and α.
+        Loss weights ``L_conf + alpha · L_loc + beta · L_seg`` and the focal loss's γ and α_t (``None``, the
+        default: the paper's η-weighted form without RetinaNet's α_t; 0.25 is RetinaNet's, :func:`focal_loss`).
     variances, pos_iou, neg_iou:
         Box coding (:func:`encode_boxes`) and anchor matching (:func:`match_anchors`).
     refine_size, refine_width, crop_margin:
@@ -248,7 +254,8 @@ class USNet(nn.Module):
                  det_levels: int = 3, min_size: float = 20, max_size: float = 128,
                  aspect_ratios: Sequence[float] = (1.0, 0.75), scales: Sequence[float] = (0.8, 1.2),
                  head_width: int = 64, head_convs: int = 2, alpha: float = 1.0, beta: float = 0.1,
-                 focal_gamma: float = 2.0, focal_alpha: float = 0.25, variances: Sequence[float] = (0.1, 0.2),
+                 focal_gamma: float = 2.0, focal_alpha: float | None = None,
+                 variances: Sequence[float] = (0.1, 0.2),
                  pos_iou: float = 0.5, neg_iou: float = 0.4, refine_size: int = 48, refine_width: int = 16,
                  crop_margin: float = 0.25, refine_jitter: float = 0.08, refine_batch: int = 64,
                  score_floor: float = 0.05, nms_iou: float = 0.5, max_detections: int = 500,
