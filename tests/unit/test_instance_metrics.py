@@ -13,7 +13,10 @@ from histoflow.metrics import (
     aji,
     aji_plus,
     average_precision,
+    box_iou,
     evaluate_instances,
+    label_boxes,
+    match_boxes,
     match_detections,
     object_scores,
     panoptic_quality,
@@ -99,6 +102,39 @@ def test_average_precision_hand_values():
     assert average_precision(np.array([0.9]), np.array([True]), 1) == pytest.approx(1.0)
     assert average_precision(np.array([]), np.array([], bool), 0) == 1.0
     assert average_precision(np.array([0.5]), np.array([False]), 0) == 0.0
+
+
+def test_eleven_point_average_precision_by_hand():
+    # same ranking as above: max precision at recall >= r is 1 for r = 0 .. 0.3 (4 points), 2/3 for r = 0.4 .. 0.6
+    # (3 points), 0 for r = 0.7 .. 1 (never reached, 4 points) -> (4 + 2) / 11
+    got = average_precision(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), 3, points=11)
+    assert got == pytest.approx(6 / 11)
+    assert average_precision(np.array([0.9]), np.array([True]), 1, points=11) == pytest.approx(1.0)
+
+
+def test_label_boxes_and_box_iou():
+    pred, gt = worked_example()
+    # A: rows 0..9, cols 0..9; B: cols 20..29; C: rows and cols 30..33 -- end-exclusive pixel edges
+    np.testing.assert_array_equal(label_boxes(gt), [[0, 0, 10, 10], [20, 0, 30, 10], [30, 30, 34, 34]])
+    assert label_boxes(np.zeros((3, 3), int)).shape == (0, 4)
+    iou = box_iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10], [20, 20, 30, 30]]))
+    np.testing.assert_allclose(iou, [[50 / 150, 0.0]])
+
+
+def test_match_boxes_follows_the_voc_rule():
+    """US-Net's detection AP: the detector's boxes and confidences against the ground-truth boxes."""
+    _, gt = worked_example()  # boxes A [0, 0, 10, 10], B [20, 0, 30, 10], C [30, 30, 34, 34]
+    boxes = np.array([[0, 0, 10, 10],     # 0.9: A exactly -> TP
+                      [0, 0, 10, 9],      # 0.8: A again (IoU 0.9) -> duplicate, FP
+                      [21, 0, 30, 10],    # 0.7: B (IoU 0.9) -> TP
+                      [50, 50, 60, 60]])  # 0.6: nothing -> FP; C is missed
+    scores, is_tp, n_gt = match_boxes(boxes, [0.9, 0.8, 0.7, 0.6], gt)
+    assert is_tp.tolist() == [True, False, True, False] and n_gt == 3
+    # precision 1, 1/2, 2/3, 1/2 at recall 1/3, 1/3, 2/3, 2/3: 11-point AP = (4 * 1 + 3 * 2/3) / 11
+    assert average_precision(scores, is_tp, n_gt, points=11) == pytest.approx(6 / 11)
+    # a box overlapping its object by less than half is a FP even as the only detection
+    _, weak, _ = match_boxes(np.array([[0, 0, 10, 4]]), [0.9], gt)  # IoU 40 / 100
+    assert weak.tolist() == [False]
 
 
 def test_match_detections_uses_scores():

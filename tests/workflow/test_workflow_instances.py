@@ -71,7 +71,7 @@ def test_instance_model_workflow_end_to_end(instance_run):
         geo = json.loads((r / "objects" / "rcnn" / "demo" / f"{stem}.geojson").read_text())
         assert geo["type"] == "FeatureCollection" and len(geo["features"]) == final.max()
     summary = json.loads((r / "metrics" / "rcnn" / "demo_summary.json").read_text())
-    for key in ("aji_mean", "pq_mean", "object_f1_mean", "pixel_f1_mean", "ap50_pooled"):
+    for key in ("aji_mean", "pq_mean", "object_f1_mean", "pixel_f1_mean", "ap50_pooled", "box_ap50_pooled"):
         assert key in summary
     assert (r / "metrics" / "ur" / "demo_summary.json").exists()  # U-Net + Mask R-CNN averaged
     # U-Net + Mask R-CNN + US-Net voting on their instances: objects where 2 of 3 agree

@@ -27,7 +27,17 @@ Modules: ``pixel``, ``objects`` (GlaS), ``instances`` (AJI, PQ, AP), ``summary``
 """
 
 from .fibres import fixed_and_dynamic_thresholds, per_fibre_precision_recall
-from .instances import aji, aji_plus, average_precision, match_detections, object_scores, panoptic_quality
+from .instances import (
+    aji,
+    aji_plus,
+    average_precision,
+    box_iou,
+    label_boxes,
+    match_boxes,
+    match_detections,
+    object_scores,
+    panoptic_quality,
+)
 from .objects import (
     ObjectMatch,
     match_objects,
@@ -45,8 +55,11 @@ __all__ = [
     "aji",
     "aji_plus",
     "average_precision",
+    "box_iou",
     "evaluate_instances",
     "fixed_and_dynamic_thresholds",
+    "label_boxes",
+    "match_boxes",
     "match_detections",
     "match_objects",
     "object_detection_counts",

@@ -143,21 +143,78 @@ def match_detections(
     return sc, is_tp, m.n_gt
 
 
-def average_precision(scores: np.ndarray, is_tp: np.ndarray, n_gt: int) -> float:
-    """VOC (2010+) all-point interpolated average precision: the area under the precision–recall curve.
+def average_precision(scores: np.ndarray, is_tp: np.ndarray, n_gt: int, points: int | None = None) -> float:
+    """VOC average precision of ranked detections.
 
-    The area is taken after making precision monotonically non-increasing. No ground truth → 1.0 if there is no
-    detection either, else 0.0.
+    ``points=None``: VOC 2010+ all-point interpolation, the area under the precision–recall curve after making
+    precision monotonically non-increasing. ``points=11``: the "interpolated average precision" of the VOC
+    paper (Everingham et al., IJCV 2010), the mean over the recalls 0, 0.1, …, 1 of the highest precision at
+    that recall or above (0 where it is never reached), which US-Net reports. No ground truth → 1.0 if there is
+    no detection either, else 0.0.
     """
     if n_gt == 0:
         return 1.0 if len(scores) == 0 else 0.0
     order = np.argsort(-np.asarray(scores, float), kind="stable")
     tp = np.cumsum(np.asarray(is_tp, bool)[order])
     fp = np.cumsum(~np.asarray(is_tp, bool)[order])
+    if points is not None:
+        recall, precision = tp / n_gt, tp / np.maximum(tp + fp, 1)
+        return float(np.mean([precision[recall >= r].max(initial=0.0) for r in np.linspace(0, 1, points)]))
     recall = np.r_[0.0, tp / n_gt, tp[-1] / n_gt if tp.size else 0.0]
     precision = np.r_[1.0, tp / np.maximum(tp + fp, 1), 0.0]
     precision = np.maximum.accumulate(precision[::-1])[::-1]
     return float(np.sum(np.diff(recall) * precision[1:]))
+
+
+def label_boxes(labels: np.ndarray) -> np.ndarray:
+    """``float64 (n, 4)``: the bounding box ``(x0, y0, x1, y1)`` of every object of a label image, ids ascending.
+
+    Pixel edges, end-exclusive: an object covering columns 3..7 has ``x0 = 3, x1 = 8`` (the detectors' convention).
+    """
+    from scipy import ndimage
+
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return np.zeros((0, 4))
+    index = np.searchsorted(ids, labels) + 1
+    index[labels == 0] = 0
+    return np.array([[sx.start, sy.start, sx.stop, sy.stop]
+                     for sy, sx in ndimage.find_objects(index, max_label=ids.size)], np.float64)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(len(a), len(b))`` IoU of two sets of ``(x0, y0, x1, y1)`` boxes (continuous coordinates)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def match_boxes(
+    boxes: np.ndarray, scores: np.ndarray, gt_labels: np.ndarray, iou_threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """VOC matching of scored detection boxes to the ground-truth objects' boxes, for :func:`average_precision`.
+
+    The PASCAL VOC rule (its devkit): detections in decreasing score; each is compared with the ground-truth box
+    it overlaps most (box IoU); it is a TP if that IoU is at least ``iou_threshold`` and that object is not yet
+    taken, else a FP (a duplicate stays a FP even if another object would have matched). Returns
+    ``(scores, is_tp, n_gt)``, poolable over images like :func:`match_detections`.
+    """
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    gt = label_boxes(gt_labels)
+    is_tp = np.zeros(scores.size, bool)
+    if gt.size and scores.size:
+        iou = box_iou(boxes, gt)
+        taken = np.zeros(len(gt), bool)
+        for j in np.argsort(-scores, kind="stable"):
+            g = int(np.argmax(iou[j]))
+            if iou[j, g] >= iou_threshold and not taken[g]:
+                taken[g] = is_tp[j] = True
+    return scores, is_tp, len(gt)
 
 
 def object_scores(labels: np.ndarray, prob: np.ndarray) -> dict[int, float]:

@@ -49,8 +49,11 @@ def run_evaluate(
     """Per-image metrics of the test images and their summary.
 
     With ``predictions_dir`` (probability maps), each predicted object is scored by its mean
-    probability and detection AP at IoU 0.5 is computed per image (``ap50``) and pooled over the
-    dataset (``ap50_pooled``, the VOC way: all detections ranked together). With ``classes`` (a
+    probability and detection AP at mask IoU 0.5 is computed per image (``ap50``) and pooled over the
+    dataset (``ap50_pooled``, the VOC way: all detections ranked together). For an instance model
+    (``detections/<stem>.json`` beside the maps), also the box AP of the detector's own boxes and
+    confidences, VOC-matched at box IoU 0.5 with the VOC paper's 11-point interpolation, as US-Net
+    reports it (``box_ap50``, ``box_ap50_pooled``). With ``classes`` (a
     multi-class workflow) the outputs are class maps, scored per class (:func:`evaluate_classes`).
     """
     if classes:
@@ -61,13 +64,14 @@ def run_evaluate(
     from ..metrics import (
         average_precision,
         evaluate_instances,
+        match_boxes,
         match_detections,
         object_scores,
         per_fibre_precision_recall,
         summarize,
     )
 
-    rows, pooled = [], ([], [], 0)
+    rows, pooled, boxes = [], ([], [], 0), ([], [], 0)
     for stem in dataset["test"]:
         pred = read_image(Path(instances_dir) / f"{stem}.tif").astype(np.int64)
         gt = read_labels(dataset["masks"][stem], dataset["mask_type"])
@@ -79,10 +83,19 @@ def run_evaluate(
             sc, tp, n_gt = match_detections(pred, gt, scores)
             row["ap50"] = average_precision(sc, tp, n_gt)
             pooled = (pooled[0] + [sc], pooled[1] + [tp], pooled[2] + n_gt)
+            detections = Path(predictions_dir) / "detections" / f"{stem}.json"
+            if detections.is_file():  # an instance model: the detector's own boxes and confidences
+                d = read_json(detections)
+                sc, tp, n_gt = match_boxes(np.asarray(d["boxes"], np.float64), d["scores"], gt)
+                row["box_ap50"] = average_precision(sc, tp, n_gt, points=11)
+                boxes = (boxes[0] + [sc], boxes[1] + [tp], boxes[2] + n_gt)
         rows.append(row)
     summary = summarize(rows)
     if pooled[0]:
         summary["ap50_pooled"] = average_precision(np.concatenate(pooled[0]), np.concatenate(pooled[1]), pooled[2])
+    if boxes[0]:
+        summary["box_ap50_pooled"] = average_precision(np.concatenate(boxes[0]), np.concatenate(boxes[1]), boxes[2],
+                                                       points=11)
     with atomic_path(out_tsv) as tmp:
         pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     write_json(out_summary, summary)

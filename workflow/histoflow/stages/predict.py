@@ -81,7 +81,8 @@ def predict_instances(
 ) -> None:
     """Tiled detection with an instance model.
 
-    Per image: ``<stem>.tif``, the seed's merge map (kept masks with pixels under ``mask_threshold`` zeroed,
+    Per image: ``detections/<stem>.json``, the kept detections' boxes ``(x0, y0, x1, y1)`` and scores;
+    ``<stem>.tif``, the seed's merge map (kept masks with pixels under ``mask_threshold`` zeroed,
     summed, clipped to [0, 1]; thresholded at the paper's 0.9 by the ``merge`` post-processing) and
     ``instances/<stem>.tif``, each kept detection with its own id (the ``preserve`` post-processing). Kept = score
     at least ``score_threshold`` (null: the one chosen on the validation patches), then NMS at ``nms_iou``.
@@ -99,6 +100,7 @@ def predict_instances(
     detector, score = instance_detector(model, spec, predict, dev)
     out = Path(out_dir)
     (out / "instances").mkdir(parents=True, exist_ok=True)
+    (out / "detections").mkdir(parents=True, exist_ok=True)
     log.info("detection score threshold %.2f%s, NMS IoU %.2f, mask threshold %.2f", score,
              " (validation-chosen)" if predict.get("score_threshold") is None else "", predict["nms_iou"],
              predict["mask_threshold"])
@@ -113,6 +115,9 @@ def predict_instances(
         write_image(out / f"{stem}.tif", merged_probability(kept, shape, predict["mask_threshold"]))
         labels = instance_labels(kept, shape, 0.5)
         write_labels(out / "instances" / f"{stem}.tif", labels)
+        write_json(out / "detections" / f"{stem}.json", {  # for the box AP the detection papers report
+            "boxes": np.round(kept.boxes.astype(np.float64), 2).tolist(),
+            "scores": np.round(kept.scores.astype(np.float64), 5).tolist()})
         log.info("%s: %dx%d, %d detections, %d kept, %d instances in %.2fs", stem, *shape, len(dets), len(kept),
                  labels.max(), time.perf_counter() - t0)
 

@@ -61,6 +61,7 @@ def metrics_rows(results: str, models: list[str], datasets: list[str]) -> list[l
                 cells.append(f"{mean:.3f} ± {sd:.3f}" if key != "object_hausdorff" else f"{mean:.1f} ± {sd:.1f}")
             cells.append(f"{s.get('object_f1_pooled', np.nan):.3f}")
             cells.append(f"{s.get('ap50_pooled', np.nan):.3f}")
+            cells.append(_format_metric("box_ap50_pooled", s.get("box_ap50_pooled")))
             rows.append(cells)
     return rows
 
@@ -74,6 +75,7 @@ REFERENCE_LABELS = {
     "pixel_f1_mean": "Dice (pixel)",
     "pq_mean": "PQ",
     "ap50_pooled": "AP@0.5",
+    "box_ap50_pooled": "box AP@0.5",
 }
 
 
@@ -442,12 +444,15 @@ def object_sections(results: str, models: list[str], names: list[str], datasets:
     """Object metrics, per-fibre P/R, morphometry and error overlays (binary workflows)."""
     dpi = options["dpi"]
     parts = []
-    header = ["model", "dataset", "images"] + [h for _, h in HEADLINE] + ["object F1 (pooled)", "AP@0.5 (pooled)"]
+    header = ["model", "dataset", "images"] + [h for _, h in HEADLINE] + ["object F1 (pooled)", "AP@0.5 (pooled)",
+                                                                      "box AP@0.5 (pooled)"]
     parts.append(_table(header, metrics_rows(results, models, names)))
     parts.append("<p class=note>mean ± sd over test images. Object F1, Dice and Hausdorff follow the GlaS 2015 "
                  "definitions; AJI is Kumar et al.'s (MoNuSeg); PQ = DQ × SQ at IoU 0.5; 'pooled' sums TP/FP/FN over "
                  "all images, as GlaS does for a test set; AP@0.5 ranks every object of every image by its "
-                 "mean probability (VOC all-point interpolation).</p>")
+                 "mean probability (mask IoU, VOC all-point interpolation); box AP@0.5, for detection models "
+                 "only, ranks the detector's boxes by its confidence (box IoU, the VOC paper's 11-point "
+                 "interpolation, as US-Net reports it).</p>")
 
     parts.append("<h2>Per-fibre precision and recall</h2>")
     parts.append(fibre_section(results, models, names, dpi))
