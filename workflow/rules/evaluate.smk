@@ -45,6 +45,7 @@ rule evaluate_fibres:
         dataset=lambda wc: dataset_table([wc.dataset])[wc.dataset],
         postprocess=config["postprocess"],
         thresholds=config["evaluate"]["thresholds"],
+        fibres_from=config["evaluate"]["fibres_from"],
     log:
         f"{RESULTS}/logs/evaluate_fibres/{{model}}/{{dataset}}.log",
     benchmark:
