@@ -9,7 +9,7 @@ import torch
 
 from histoflow.io import InputError, write_image
 from histoflow.models import build_model
-from histoflow.models.rescrnet import ConvLSTMCell, ConvResBlock, GroupedConvLSTM, LSTMResBlock
+from histoflow.models.rescrnet import ConvLSTMCell, ConvResBlock, GroupedConvLSTM, LSTMResBlock, ScoreLSTMResBlock
 from histoflow.semantic import (
     class_instances,
     class_metrics,
@@ -107,6 +107,52 @@ def test_grouped_lstm_equals_independent_cells():
             torch.testing.assert_close(sub[:, :, g - 2], torch.stack(ref, 1))
     with pytest.raises(ValueError, match="groups"):
         grouped(seq, 0, 2)
+
+
+def test_grouped_2d_lstm_equals_independent_2d_cells():
+    torch.manual_seed(0)
+    grouped = GroupedConvLSTM(1, 1, kernel_size=3, groups=2, dims=2)
+    seq = torch.rand(2, 4, 2, 1, 3, 5)  # (N, T, groups, channels, classes, width)
+    out = grouped(seq, 0, 2)
+    for g in range(2):
+        cell = ConvLSTMCell(1, 1, kernel_size=3, dims=2)
+        cell.conv.weight.data.copy_(grouped.conv.weight.data[g * 4:(g + 1) * 4])
+        cell.conv.bias.data.copy_(grouped.conv.bias.data[g * 4:(g + 1) * 4])
+        state, ref = None, []
+        for t in range(4):
+            state = cell(seq[:, t, g], state)
+            ref.append(state[0])
+        torch.testing.assert_close(out[:, :, g], torch.stack(ref, 1))
+
+
+@pytest.mark.parametrize("size", [(6, 6), (5, 8)])
+def test_score_lstm_block_as_the_paper_places_it(size):
+    """On C class-score maps: one 3 x 3 filter per direction over (columns x classes), summed, plus the shortcut."""
+    torch.manual_seed(0)
+    block = ScoreLSTMResBlock().eval()
+    # four directional ConvLSTM2Ds, each one filter: gates (4) x inputs (x and h, one channel each) x 3 x 3 + biases
+    assert sum(p.numel() for p in block.parameters()) == 4 * (4 * 2 * 9 + 4)
+    x = torch.rand(1, 3, *size)
+    y = x.clone()
+    y[0, 2, -1, -1] += 1.0  # last class, last pixel
+    with torch.no_grad():
+        out, d = block(x), (block(x) - block(y)).abs()
+    assert out.shape == x.shape
+    assert d[0, :, 0, -1].sum() > 0 and d[0, :, -1, 0].sum() > 0  # reaches the first row and the first column
+    assert d[0, 0, 0, -1] > 0  # and other classes: the 3 x 3 filter spans neighbouring classes
+
+
+def test_rescrnet_lstm_runs_on_class_scores_by_default():
+    seen = []
+    m = build_model("rescrnet", out_channels=3, filters=8, n_conv=1).eval()
+    m.lstm_blocks[0].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
+    with torch.no_grad():
+        assert m(torch.rand(1, 3, 9, 7)).shape == (1, 3, 9, 7)
+    assert m.lstm_on == "scores" and seen == [3]  # the head's 3 class scores, not the 8 features
+    f = build_model("rescrnet", out_channels=3, filters=8, n_conv=1, lstm_on="features").eval()
+    assert isinstance(f.lstm_blocks[0], LSTMResBlock)
+    with pytest.raises(ValueError, match="lstm_on"):
+        build_model("rescrnet", lstm_on="logits")
 
 
 @pytest.mark.parametrize("size", [(6, 6), (6, 9)])

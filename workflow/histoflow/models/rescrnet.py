@@ -7,10 +7,12 @@ structures (membranes, fibre boundaries) are never down-sampled away. The networ
 - ``n_conv`` CONV RES blocks: three parallel branches of depthwise-separable atrous convolutions
   (one dilation rate each), concatenated (or added), projected by a 1×1 conv and added to the
   shortcut, then Spatial Dropout;
-- ``n_lstm`` LSTM RES blocks: a bidirectional 2-D convolutional LSTM runs over the rows (each row a
-  time step) and another over the columns; their outputs, summed over both directions and both
-  scans, are added to the shortcut;
-- a 1×1 head giving ``C`` class logits (softmax is applied by the loss and at inference).
+- a 1×1 head giving ``C`` class scores;
+- ``n_lstm`` LSTM RES blocks on those scores, as the paper places them (a learned replacement for a CRF): a
+  bidirectional 2-D convolutional LSTM runs over the rows (each row a time step, a columns × classes slice)
+  and another over the columns; their outputs, summed over both directions and both scans, are added to
+  the shortcut; the result is the logits (softmax is applied by the loss and at inference). ``lstm_on:
+  features`` runs them on the feature channels before the head instead.
 
 :class:`ConvLSTMCell` is the small, separately tested building block: one step of a convolutional
 LSTM (1-D: a row of the feature map, channels × width; or 2-D). :class:`GroupedConvLSTM` runs
@@ -67,39 +69,45 @@ class ConvLSTMCell(nn.Module):
 
 
 class GroupedConvLSTM(nn.Module):
-    """``groups`` independent 1-D ConvLSTMs (each exactly a :class:`ConvLSTMCell`) stepped in lockstep.
+    """``groups`` independent ConvLSTMs (each exactly a :class:`ConvLSTMCell`) stepped in lockstep.
 
     One grouped convolution per time step computes every group's gates, so four directional scans cost one
     sequential pass instead of four (the time loop, not the arithmetic, bounds the speed).
 
-    ``forward(seq, first, last)`` runs groups ``first .. last - 1`` on ``seq (N, T, last - first, C, L)``
-    and returns their hidden sequences ``(N, T, last - first, hidden, L)``.
+    ``forward(seq, first, last)`` runs groups ``first .. last - 1`` on ``seq (N, T, last - first, C, *S)``
+    and returns their hidden sequences ``(N, T, last - first, hidden, *S)``; ``S`` is ``(L,)`` for ``dims=1``
+    (a row of a feature map) and ``(A, B)`` for ``dims=2`` (a row of class scores seen as a 2-D slice).
     """
 
-    def __init__(self, in_channels: int, hidden: int, kernel_size: int = 3, groups: int = 4) -> None:
+    def __init__(self, in_channels: int, hidden: int, kernel_size: int = 3, groups: int = 4, dims: int = 1) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd to keep the size, got {kernel_size}")
-        self.hidden, self.groups, self.pad = hidden, groups, kernel_size // 2
-        self.conv = nn.Conv1d(groups * (in_channels + hidden), groups * 4 * hidden, kernel_size, padding=self.pad,
-                              groups=groups)
+        if dims not in (1, 2):
+            raise ValueError(f"dims must be 1 or 2, got {dims}")
+        self.hidden, self.groups, self.pad, self.dims = hidden, groups, kernel_size // 2, dims
+        conv = nn.Conv1d if dims == 1 else nn.Conv2d
+        self.conv = conv(groups * (in_channels + hidden), groups * 4 * hidden, kernel_size, padding=self.pad,
+                         groups=groups)
         with torch.no_grad():
             self.conv.bias.zero_()
             self.conv.bias.view(groups, 4, hidden)[:, 1] = 1.0  # forget gates
 
     def forward(self, seq: torch.Tensor, first: int = 0, last: int | None = None) -> torch.Tensor:
         last = self.groups if last is None else last
-        n, steps, g, _, length = seq.shape
+        n, steps, g = seq.shape[:3]
+        spatial = tuple(seq.shape[4:])
         if g != last - first:
             raise ValueError(f"seq has {g} groups for groups {first}..{last - 1}")
         rows = slice(first * 4 * self.hidden, last * 4 * self.hidden)
         weight, bias = self.conv.weight[rows], self.conv.bias[rows]
-        h = seq.new_zeros((n, g, self.hidden, length))
+        conv = F.conv1d if self.dims == 1 else F.conv2d
+        h = seq.new_zeros((n, g, self.hidden, *spatial))
         c = h
         outs = []
         for t in range(steps):
-            z = torch.cat([seq[:, t], h], dim=2).reshape(n, -1, length)
-            gates = F.conv1d(z, weight, bias, padding=self.pad, groups=g).reshape(n, g, 4, self.hidden, length)
+            z = torch.cat([seq[:, t], h], dim=2).reshape(n, -1, *spatial)
+            gates = conv(z, weight, bias, padding=self.pad, groups=g).reshape(n, g, 4, self.hidden, *spatial)
             h, c = lstm_update(*gates.unbind(2), c)
             outs.append(h)
         return torch.stack(outs, 1)
@@ -184,6 +192,30 @@ class LSTMResBlock(nn.Module):
         return self.act(x + self.project(r + c))
 
 
+class ScoreLSTMResBlock(nn.Module):
+    """Res-CR-Net's LSTM RES block as the paper places it: on the ``C`` class-score maps, before the softmax.
+
+    Each image row is a time step whose input is a 2-D slice (columns × classes) with one channel, convolved
+    with a single 3 × 3 filter (``hidden = 1``; the paper's ConvLSTM2D with one filter); bidirectional scans over
+    the rows and, on the transposed map, over the columns. The four directional outputs are summed (the paper
+    adds the two scans and sums the bidirectional pair) and added to the shortcut, the scores themselves: a
+    learned, CRF-like smoothing of the class scores. No activation follows (the result is the logits).
+    """
+
+    def __init__(self, kernel: int = 3) -> None:
+        super().__init__()
+        self.lstm = GroupedConvLSTM(1, 1, kernel, groups=4, dims=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.permute(0, 2, 1, 3).unsqueeze(2)  # (N, H, 1, C, W): H steps of a (C, W) slice
+        cols = x.permute(0, 3, 1, 2).unsqueeze(2)  # (N, W, 1, C, H)
+        r_out = self.lstm(torch.stack([rows, rows.flip(1)], 2), 0, 2)[:, :, :, 0]  # (N, H, 2, C, W)
+        c_out = self.lstm(torch.stack([cols, cols.flip(1)], 2), 2, 4)[:, :, :, 0]  # (N, W, 2, C, H)
+        r = (r_out[:, :, 0] + r_out[:, :, 1].flip(1)).permute(0, 2, 1, 3)  # (N, C, H, W)
+        c = (c_out[:, :, 0] + c_out[:, :, 1].flip(1)).permute(0, 2, 3, 1)
+        return x + r + c
+
+
 @register_model("rescrnet")
 class ResCRNet(nn.Module):
     """Res-CR-Net (registered as ``rescrnet``).
@@ -199,8 +231,12 @@ class ResCRNet(nn.Module):
     kernel_size, dilations, merge:
         Kernel of the separable atrous convolutions, one dilation rate per branch, and how branches
         are merged (``concat`` then 1×1 projection, or ``add``).
+    lstm_on:
+        ``"scores"`` (the paper): the LSTM RES blocks run on the class-score maps after the 1×1 head, just before
+        the softmax (:class:`ScoreLSTMResBlock`). ``"features"``: they run on the ``filters`` feature channels
+        before the head (:class:`LSTMResBlock`, this project's earlier variant).
     lstm_hidden, lstm_kernel:
-        Hidden channels and (1-D) kernel of the ConvLSTM cells.
+        Hidden channels (``features`` only) and kernel of the ConvLSTM cells.
     dropout, slope:
         Spatial Dropout rate after each CONV RES block; LeakyReLU negative slope.
 
@@ -220,6 +256,7 @@ class ResCRNet(nn.Module):
         kernel_size: int = 3,
         dilations: tuple[int, ...] | list[int] = (1, 3, 5),
         merge: str = "concat",
+        lstm_on: str = "scores",
         lstm_hidden: int = 16,
         lstm_kernel: int = 3,
         dropout: float = 0.1,
@@ -232,9 +269,18 @@ class ResCRNet(nn.Module):
         self.stem = StemBlock(in_channels, filters, kernel_size, slope)
         self.conv_blocks = nn.Sequential(*(ConvResBlock(filters, kernel_size, dilations, merge, slope, dropout)
                                            for _ in range(n_conv)))
-        self.lstm_blocks = nn.Sequential(*(LSTMResBlock(filters, lstm_hidden, lstm_kernel, slope)
-                                           for _ in range(n_lstm)))
+        if lstm_on == "scores":
+            blocks = [ScoreLSTMResBlock(lstm_kernel) for _ in range(n_lstm)]
+        elif lstm_on == "features":
+            blocks = [LSTMResBlock(filters, lstm_hidden, lstm_kernel, slope) for _ in range(n_lstm)]
+        else:
+            raise ValueError(f"lstm_on must be 'scores' or 'features', got {lstm_on!r}")
+        self.lstm_on = lstm_on
+        self.lstm_blocks = nn.Sequential(*blocks)
         self.head = nn.Conv2d(filters, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.lstm_blocks(self.conv_blocks(self.stem(x))))
+        features = self.conv_blocks(self.stem(x))
+        if self.lstm_on == "scores":
+            return self.lstm_blocks(self.head(features))
+        return self.head(self.lstm_blocks(features))
