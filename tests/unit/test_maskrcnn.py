@@ -211,6 +211,24 @@ def test_make_optimizers_one_per_branch_with_branch_lr_and_step_schedule():
         TrainConfig(optimizer="lbfgs")
 
 
+def test_branch_optimizer_types_pair_adam_and_sgd_like_usnet():
+    """US-Net's paper: Adam (lr 1e-3) for the detector, SGD (lr 1e-4, momentum 0.9, weight decay 1e-4) for the U-Net."""
+    model = build_model("usnet", base_width=4, depth=3, head_width=8, refine_width=4)
+    cfg = TrainConfig(optimizer="sgd", weight_decay=1e-4, branch_optimizer={"detection": "adam", "refinement": "adamw"},
+                      branch_lr={"segmentation": 1e-4, "detection": 1e-3}, warmup_epochs=0)
+    opts, _ = make_optimizers(model, cfg, steps_per_epoch=5)
+    kinds = {type(o).__name__: o.param_groups[0] for o in opts}
+    assert set(kinds) == {"SGD", "Adam", "AdamW"}  # segmentation keeps the default sgd
+    assert kinds["SGD"]["lr"] == pytest.approx(1e-4) and kinds["SGD"]["momentum"] == 0.9
+    assert kinds["Adam"]["lr"] == pytest.approx(1e-3) and kinds["AdamW"]["lr"] == cfg.lr
+    groups = model.param_groups()
+    assert {id(p) for p in opts[1].param_groups[0]["params"]} == {id(p) for p in groups["detection"]}
+    with pytest.raises(ValueError, match="branch_optimizer.detection"):
+        TrainConfig(branch_optimizer={"detection": "rmsprop"})
+    with pytest.raises(ValueError, match="branches"):
+        make_optimizers(model, TrainConfig(branch_optimizer={"rpn": "adam"}), 5)
+
+
 def test_a_diverging_run_stops_at_once_naming_the_fix(tmp_path):
     class Diverging(ExactInstanceModel):
         def instance_losses(self, images, labels):

@@ -219,9 +219,8 @@ def test_forward_shapes_on_odd_sizes(depth):
     x = torch.rand(2, 3, 75, 61)
     with torch.no_grad():
         out = model(x)
-    m = 2**depth
-    ph, pw = -(-75 // m) * m, -(-61 // m) * m
-    n_anchors = sum((ph // s) * (pw // s) * 4 for s in model.strides)
+    # anchors only over the image, not its padding to a multiple of 2**depth: ceil(75 / s) x ceil(61 / s) per level
+    n_anchors = sum(-(-75 // s) * -(-61 // s) * 4 for s in model.strides)
     assert out["seg"].shape == (2, 1, 75, 61)
     assert out["cls"].shape == (2, n_anchors)
     assert out["box"].shape == (2, n_anchors, 4)
@@ -378,3 +377,21 @@ def test_tiny_usnet_learns_to_find_disks():
     dice = 2 * (fg_p & fg_g).sum() / (fg_p.sum() + fg_g.sum())
     assert f1 >= 0.8, f1
     assert dice >= 0.9, dice
+
+
+def test_paper_layout_has_7620_anchors_on_300_pixels_and_a_four_layer_refinement():
+    """US-Net: SSD heads on the 38 / 19 / 10 maps of a 300 x 300 input, 4 anchors per location (7,620 boxes), and
+    a refinement network of four layers on 48 x 48 crops."""
+    model = build_model("usnet", base_width=4, depth=6, min_size=20, max_size=128, head_width=8,
+                        refine_arch="plain", refine_width=8).eval()
+    assert model.strides == [8, 16, 32]
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 300, 300))
+    assert out["anchors"].shape == (7620, 4) == (4 * (38 * 38 + 19 * 19 + 10 * 10), 4)
+    convs = [m for m in model.refine.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 4 and convs[0].in_channels == 4 and convs[-1].out_channels == 1
+    with torch.no_grad():
+        logits = model.refine_logits(torch.rand(1, 4, 300, 300), torch.tensor([[10.0, 10, 60, 50]]), torch.tensor([0]))
+    assert logits.shape == (1, 48, 48)
+    with pytest.raises(ValueError, match="refine_arch"):
+        build_model("usnet", refine_arch="resnet")

@@ -1,4 +1,5 @@
-"""The public-benchmark configs (config/glas.yaml, glas_cpu.yaml, monuseg.yaml, isbi_em.yaml) against the real data.
+"""The public-benchmark configs (config/glas.yaml, glas_cpu.yaml, monuseg.yaml, isbi_em.yaml, seeds/usnet.yaml) against
+the real data.
 
 Always: each config validates against the schema and follows the benchmark protocol (test datasets
 are only ever test, references name test datasets). With ``../shared/datasets/<set>`` beside the
@@ -32,6 +33,7 @@ CONFIGS = {
     "glas_cpu.yaml": ("glas", ["glas_testA", "glas_testB"], ["unet"]),
     "monuseg.yaml": ("monuseg", ["monuseg_test"], ["mask_rcnn", "unet", "usnet"]),
     "isbi_em.yaml": ("isbi2012_em", ["isbi_em"], ["rescrnet", "unet"]),
+    "seeds/usnet.yaml": ("monuseg", ["monuseg_test"], ["usnet"]),  # validated and dry-run; its full run is #22's
 }
 
 # Run end to end on a few images in CI: the CPU recipe stands in for config/glas.yaml, whose networks CI would
@@ -80,6 +82,10 @@ OVERRIDES = {
                          "train": TINY_TRAIN, "predict": TINY_PREDICT},
             "unet": {"params": {"base_width": 4, "depth": 2}, "train": TINY_TRAIN, "predict": TINY_PREDICT},
         },
+    },
+    "seeds/usnet.yaml": {
+        "datasets": {"monuseg_train": {"limit": 3}, "monuseg_test": {"limit": 1}},
+        "models": {"usnet": {"params": {"base_width": 4}, "train": TINY_TRAIN, "predict": TINY_PREDICT}},
     },
 }
 

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 TARGETS = ("masks", "boundaries", "interiors", "classes", "instances")
 LOSSES = ("bce_dice", "weighted_bce", "tanimoto", "cross_entropy")
+OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
 @dataclass
@@ -78,6 +79,7 @@ class TrainConfig:
     lr_steps: list[int] | None = None
     lr_gamma: float = 0.1
     branch_lr: dict[str, float] | None = None
+    branch_optimizer: dict[str, str] | None = None
     grad_clip: float | None = None
     precision: str = "auto"
     thresholds: list[float] = field(default_factory=lambda: [round(t, 2) for t in np.arange(0.1, 0.91, 0.05)])
@@ -93,8 +95,10 @@ class TrainConfig:
             raise ValueError(f"train.reliability must be in (0.5, 1] or null, got {self.reliability}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("train.epochs, train.batch_size must be >= 1 and train.lr > 0")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"train.optimizer must be adamw or sgd, got {self.optimizer!r}")
+        for where, name in [("optimizer", self.optimizer), *((f"branch_optimizer.{k}", v)
+                                                              for k, v in (self.branch_optimizer or {}).items())]:
+            if name not in OPTIMIZERS:
+                raise ValueError(f"train.{where} must be one of {OPTIMIZERS}, got {name!r}")
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"train.schedule must be cosine or step, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
@@ -413,15 +417,18 @@ def make_optimizers(
     """One optimizer (and scheduler) per parameter group of the model.
 
     A model with ``param_groups()`` (US-Net: segmentation, detection, refinement) gets one optimizer
-    per branch, each with its own learning rate from ``cfg.branch_lr`` (default ``cfg.lr``); others
-    get one. ``cfg.optimizer``: ``adamw`` or ``sgd`` (with ``cfg.momentum``). ``cfg.schedule``:
+    per branch, each with its own learning rate from ``cfg.branch_lr`` (default ``cfg.lr``) and its own type
+    from ``cfg.branch_optimizer`` (default ``cfg.optimizer``; US-Net's paper pairs Adam for the detector with
+    SGD for the U-Net); others get one. Types: ``adamw`` (decoupled weight decay), ``adam`` (weight decay as an
+    L2 term, Keras' and the papers' Adam) or ``sgd`` (with ``cfg.momentum``). ``cfg.schedule``:
     ``cosine`` (linear warm-up, cosine decay to 1 %) or ``step`` (warm-up, then × ``lr_gamma`` at each
     epoch listed in ``lr_steps``), stepped every optimisation step.
     """
     groups = model.param_groups() if hasattr(model, "param_groups") else {"all": list(model.parameters())}
-    unknown = set(cfg.branch_lr or {}) - set(groups)
-    if unknown:
-        raise ValueError(f"train.branch_lr names {sorted(unknown)}, but the model's branches are {sorted(groups)}")
+    for key in ("branch_lr", "branch_optimizer"):
+        unknown = set(getattr(cfg, key) or {}) - set(groups)
+        if unknown:
+            raise ValueError(f"train.{key} names {sorted(unknown)}, but the model's branches are {sorted(groups)}")
     total, warmup = steps_per_epoch * cfg.epochs, cfg.warmup_epochs * steps_per_epoch
     milestones = sorted(cfg.lr_steps or [])
 
@@ -434,8 +441,11 @@ def make_optimizers(
     opts, scheds = [], []
     for name, params in groups.items():
         lr = (cfg.branch_lr or {}).get(name, cfg.lr)
-        if cfg.optimizer == "sgd":
+        kind = (cfg.branch_optimizer or {}).get(name, cfg.optimizer)
+        if kind == "sgd":
             opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        elif kind == "adam":
+            opt = torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
         else:
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
         opts.append(opt)

@@ -213,6 +213,19 @@ class _RetinaHead(nn.Module):
         return torch.cat(cls, 1), torch.cat(box, 1)
 
 
+def _plain_refine(in_channels: int, width: int) -> nn.Sequential:
+    """The US-Net paper's refinement network: four convolution layers on the 48 x 48 crop, no down-sampling.
+
+    Three 3 x 3 convolutions with ReLU (``width`` channels) and a 1 x 1 convolution to the mask logit.
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(width, 1, 1),
+    )
+
+
 @register_model("usnet")
 class USNet(nn.Module):
     """US-Net instance model (see the module docstring for levels, anchors and the loss).
@@ -234,9 +247,10 @@ class USNet(nn.Module):
         default: the paper's η-weighted form without RetinaNet's α_t; 0.25 is RetinaNet's, :func:`focal_loss`).
     variances, pos_iou, neg_iou:
         Box coding (:func:`encode_boxes`) and anchor matching (:func:`match_anchors`).
-    refine_size, refine_width, crop_margin:
-        The refinement crop's side, the refine U-Net's first width, and the context added around a
-        box for its crop (a fraction of the box's width/height on each side).
+    refine_size, refine_arch, refine_width, crop_margin:
+        The refinement crop's side; the refinement network, ``unet`` (a two-level U-Net, this project's
+        default) or ``plain`` (the paper's four convolution layers, :func:`_plain_refine`), and its width; the
+        context added around a box for its crop (a fraction of the box's width/height on each side).
     refine_jitter, refine_batch:
         Training: ground-truth boxes are jittered by up to this fraction of their size before
         cropping; at most ``refine_batch`` crops a batch.
@@ -257,7 +271,8 @@ class USNet(nn.Module):
                  focal_gamma: float = 2.0, focal_alpha: float | None = None,
                  variances: Sequence[float] = (0.1, 0.2),
                  pos_iou: float = 0.5, neg_iou: float = 0.4, refine_size: int = 48, refine_width: int = 16,
-                 crop_margin: float = 0.25, refine_jitter: float = 0.08, refine_batch: int = 64,
+                 refine_arch: str = "unet", crop_margin: float = 0.25, refine_jitter: float = 0.08,
+                 refine_batch: int = 64,
                  score_floor: float = 0.05, nms_iou: float = 0.5, max_detections: int = 500,
                  pre_nms_top: int = 2000) -> None:
         super().__init__()
@@ -289,7 +304,12 @@ class USNet(nn.Module):
         self.backbone = UNet(in_channels, 1, base_width, depth)
         self.det_head = _RetinaHead([base_width * self.strides[i] for i in range(n)], head_width,
                                     len(self.ratios) * len(self.scales), head_convs)
-        self.refine = UNet(in_channels + 1, 1, refine_width, 2)
+        if refine_arch == "unet":
+            self.refine = UNet(in_channels + 1, 1, refine_width, 2)
+        elif refine_arch == "plain":
+            self.refine = _plain_refine(in_channels + 1, refine_width)
+        else:
+            raise ValueError(f"refine_arch must be 'unet' or 'plain', got {refine_arch!r}")
 
     # ------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -309,7 +329,9 @@ class USNet(nn.Module):
         for k, (up, conv, skip) in enumerate(zip(bb.up, bb.up_conv, reversed(skips), strict=True)):
             x = conv(torch.cat([up(x), skip], dim=1))
             feats[self.depth - 1 - k] = x
-        levels = [feats[k] for k in self.level_exps]
+        # anchors only where the image is: a level of stride s covers ceil(H / s) x ceil(W / s) positions (the SSD
+        # layout: 38 / 19 / 10 maps for a 300 x 300 input), not the padding's extra rows and columns
+        levels = [feats[k][..., : -(-h // s), : -(-w // s)] for k, s in zip(self.level_exps, self.strides, strict=True)]
         cls, box = self.det_head(levels)
         anc = anchors([tuple(f.shape[-2:]) for f in levels], self.strides, self.sizes, self.ratios,
                       self.scales, device=x.device)
