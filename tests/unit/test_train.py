@@ -203,7 +203,7 @@ class Interrupted(Exception):
 
 
 def _comparable(history):
-    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+    return [{k: v for k, v in h.items() if k not in ("seconds", "elapsed")} for h in history]
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(data, tmp_path, monkeypatch):
@@ -240,6 +240,9 @@ def test_resume_after_interruption_equals_uninterrupted_run(data, tmp_path, monk
     assert saved_epochs == [3, 4]  # only the missing epochs were trained
     assert [h["epoch"] for h in res["history"]] == [1, 2, 3, 4]
     assert _comparable(res["history"]) == _comparable(ref["history"])
+    # the training time counts both jobs: the resumed epochs' elapsed continues from the checkpoint's
+    elapsed = [h["elapsed"] for h in res["history"]]
+    assert elapsed == sorted(elapsed) and elapsed[2] >= elapsed[1] + res["history"][2]["seconds"] * 0.99
     ref_state, res_state = reference.state_dict(), resumed.state_dict()
     assert ref_state.keys() == res_state.keys()
     for k in ref_state:

@@ -10,7 +10,7 @@ profile's.
 
 Both runs train with 2 threads on CPU (``device: cpu``), so every output is compared for equality:
 files byte for byte where they hold no timings, and with timings (``spec.json``'s ``train_seconds``,
-``history.tsv``'s ``seconds``) dropped otherwise; model weights tensor for tensor (``model.pt`` is
+``history.tsv``'s ``seconds`` and ``elapsed``) dropped otherwise; model weights tensor for tensor (``model.pt`` is
 written under a temporary name that ends up in the archive, so its bytes differ).
 
 The last test interrupts a running training job the way a cluster does (SIGUSR1 to the job's steps)
@@ -180,7 +180,8 @@ def assert_same_model(local: Path, cluster: Path, m: str) -> None:
     sa, sb = (json.loads((r / f"models/{m}/spec.json").read_text()) for r in (local, cluster))
     sa.pop("train_seconds"), sb.pop("train_seconds")
     assert sa == sb
-    ha, hb = (pd.read_csv(r / f"models/{m}/history.tsv", sep="\t").drop(columns="seconds") for r in (local, cluster))
+    ha, hb = (pd.read_csv(r / f"models/{m}/history.tsv", sep="\t").drop(columns=["seconds", "elapsed"])
+              for r in (local, cluster))
     pd.testing.assert_frame_equal(ha, hb, check_exact=True)
 
 

@@ -474,7 +474,8 @@ def run_epochs(
     exists and was written for the same ``run_key`` and settings, training resumes from it with the
     same optimizers, schedulers (the learning rate does not reset), RNG state, epoch and step, so an
     interrupted and resumed run ends with the same weights as an uninterrupted one (bitwise on CPU).
-    A checkpoint from other settings is ignored (and overwritten).
+    A checkpoint from other settings is ignored (and overwritten). Every history row has the epoch's ``seconds``
+    and ``elapsed``, the loop's wall-clock since the run began, summed over the jobs of a resumed run.
     """
     if n == 0:
         raise ValueError("the patch store has no training patches: add images or lower val_fraction")
@@ -487,6 +488,7 @@ def run_epochs(
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
     start_epoch, start_step, perm, losses = 0, 0, None, []
+    elapsed_before = 0.0  # seconds the loop ran in earlier jobs of a resumed run
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if state.get("key") == key:
@@ -497,6 +499,7 @@ def run_epochs(
             _set_rng_state(state["rng"])
             history = state["history"]
             start_epoch = state["epoch"]
+            elapsed_before = float(state.get("elapsed", 0.0))
             if state.get("step"):  # interrupted inside an epoch
                 start_step, perm, losses = state["step"], state["perm"], state["losses"]
             log.info("resuming from %s at epoch %d/%d, step %d", checkpoint, start_epoch + 1 if start_step
@@ -504,10 +507,16 @@ def run_epochs(
         else:
             log.warning("ignoring %s: it was written for other settings", checkpoint)
 
+    loop_start = time.perf_counter()
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - loop_start
+
     def snapshot(epoch_done: int, **mid_epoch: Any) -> dict[str, Any]:
         return {"key": key, "epoch": epoch_done, "model": model.state_dict(),
                 "optimizers": [o.state_dict() for o in opts], "schedulers": [s.state_dict() for s in scheds],
-                "generator": gen.get_state(), "rng": _rng_state(), "history": history, **mid_epoch}
+                "generator": gen.get_state(), "rng": _rng_state(), "history": history, "elapsed": elapsed(),
+                **mid_epoch}
 
     with StopOnSignal() as stop:
         for epoch in range(start_epoch, cfg.epochs):
@@ -548,6 +557,7 @@ def run_epochs(
             if validate is not None:
                 row.update(validate())
             row["seconds"] = time.perf_counter() - t0
+            row["elapsed"] = elapsed()  # training wall-clock so far, summed over the jobs of a resumed run
             history.append(row)
             log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
             save_checkpoint(checkpoint, snapshot(epoch + 1))

@@ -59,8 +59,10 @@ def run_train(
     run_key = {"model": model_cfg, "stage": stage, "inputs": [_fingerprint(store), _fingerprint(init)]}
     result = train_with_oom_fallback(model, train, val, cfg, dev, out / "checkpoint.pt", run_key,
                                      train_instances if instance else train_model)
+    # a resumed run: its earlier jobs' training time counts too (the history's cumulative loop time)
+    elapsed = result["history"][-1].get("elapsed", 0.0) if result["history"] else 0.0
     spec = model_spec(model_cfg, kwargs, cfg, attrs, classes, result, dev, stage, instance,
-                      train_seconds=time.perf_counter() - t0)
+                      train_seconds=max(time.perf_counter() - t0, elapsed))
     write_training_figures(result["history"], train, cfg, out)
     save_model(model.cpu(), spec, out)
     (out / "checkpoint.pt").unlink(missing_ok=True)  # the model is saved; a rerun starts afresh
