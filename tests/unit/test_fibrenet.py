@@ -67,6 +67,24 @@ def test_decoders_enlarge_step_by_step_from_before_each_pooling_stage():
     assert m.fuse.in_channels == 5 and m.fuse.kernel_size == (1, 1)
 
 
+@pytest.mark.parametrize("size", [(37, 53), (31, 16)])
+def test_cross_decoders_read_the_finer_decoders_same_scale_maps(size):
+    torch.manual_seed(0)
+    m = tiny(cross_decoders=True).train()
+    fused, sides = m(torch.rand(1, 3, *size))
+    assert fused.shape[-2:] == size and all(s.shape[-2:] == size for s in sides)
+    # decoder k's i-th step reads decoder k - 1's map of the same scale: twice the width into its 3x3 conv
+    width = m.decoders[0].head.in_channels
+    for k, dec in enumerate(m.decoders):
+        assert len(dec.ups) == k and all(c[0].in_channels == 2 * width for c in dec.convs)
+    # the coarsest decoder's output now depends on the finest decoder's weights, through the chain of partners
+    sides[4].sum().backward()
+    assert m.decoders[0].first[0].weight.grad.abs().sum() > 0
+    independent = tiny().train()
+    independent(torch.rand(1, 3, *size))[1][4].sum().backward()
+    assert independent.decoders[0][0].weight.grad is None  # independent decoders: no such path
+
+
 def test_fusion_is_a_1x1_convolution_of_the_side_outputs():
     m = tiny().eval()
     x = torch.rand(1, 3, 40, 24)

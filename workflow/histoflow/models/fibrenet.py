@@ -45,6 +45,46 @@ def _decoder(cin: int, width: int, steps: int, out_channels: int, norm: bool) ->
     return nn.Sequential(*layers)
 
 
+class CrossDecoder(nn.Module):
+    """A decoder that, at every scale on its way up, also reads the same-scale map of the decoder one level finer.
+
+    Decoder ``k`` starts at stride ``2**k``; after its ``i``-th 2× up-sampling it is at stride ``2**(k - i)``, where
+    decoder ``k - 1`` has its own map (after its ``(i - 1)``-th step). That map is concatenated before the step's
+    3×3 convolution (the arrows between decoders of the paper's architecture figure), so coarse decoders reuse
+    the finer ones' detail. Decoder 0 has no finer partner and is a plain decoder.
+    """
+
+    def __init__(self, cin: int, width: int, steps: int, out_channels: int, norm: bool, partner: bool) -> None:
+        super().__init__()
+
+        def act(c: int) -> list[nn.Module]:
+            return ([nn.BatchNorm2d(c)] if norm else []) + [nn.ReLU(inplace=True)]
+
+        self.first = nn.Sequential(nn.Conv2d(cin, width, 3, padding=1, bias=not norm), *act(width))
+        self.ups = nn.ModuleList(
+            nn.Sequential(nn.ConvTranspose2d(width, width, 2, stride=2, bias=not norm), *act(width)) for _ in range(steps)
+        )
+        extra = width if partner else 0
+        self.convs = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width + extra, width, 3, padding=1, bias=not norm), *act(width))
+            for _ in range(steps)
+        )
+        self.head = nn.Conv2d(width, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, partner: list[torch.Tensor] | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and this decoder's maps at every scale (coarsest first) given the finer decoder's maps."""
+        x = self.first(x)
+        maps = [x]
+        for i, (up, conv) in enumerate(zip(self.ups, self.convs, strict=True)):
+            x = up(x)
+            if partner is not None:
+                other = partner[i]
+                x = torch.cat([x[..., : other.shape[-2], : other.shape[-1]], other], dim=1)
+            x = conv(x)
+            maps.append(x)
+        return self.head(x), maps
+
+
 @register_model("vgg16_mdn")
 class VGG16MultiDecoder(nn.Module):
     """VGG16 encoder with five deeply supervised decoders fused by a 1×1 convolution.
@@ -64,6 +104,10 @@ class VGG16MultiDecoder(nn.Module):
     imagenet_norm:
         Standardise the ``[0, 1]`` RGB input with ImageNet's mean/std inside the model (what
         torchvision's VGG16 weights expect; harmless from scratch).
+    cross_decoders:
+        ``True``: each decoder also reads the same-scale maps of the decoder one level finer
+        (:class:`CrossDecoder`, the paper's connections between decoders). ``False``: five independent
+        decoders.
 
     Shapes
     ------
@@ -81,6 +125,7 @@ class VGG16MultiDecoder(nn.Module):
         batch_norm: bool = True,
         decoder_width: int = 32,
         imagenet_norm: bool = True,
+        cross_decoders: bool = False,
     ) -> None:
         super().__init__()
         if base_width < 1 or decoder_width < 1:
@@ -96,9 +141,15 @@ class VGG16MultiDecoder(nn.Module):
             if isinstance(m, nn.MaxPool2d):
                 m.ceil_mode = True  # odd sizes: never drop the last row/column (Caffe's pooling)
         widths = [w for w, nxt in zip(layout, [*layout[1:], "M"], strict=True) if w != "M" and nxt == "M"]
-        self.decoders = nn.ModuleList(
-            _decoder(c, decoder_width, k, out_channels, batch_norm) for k, c in enumerate(widths)
-        )
+        self.cross_decoders = cross_decoders
+        if cross_decoders:
+            self.decoders = nn.ModuleList(
+                CrossDecoder(c, decoder_width, k, out_channels, batch_norm, partner=k > 0) for k, c in enumerate(widths)
+            )
+        else:
+            self.decoders = nn.ModuleList(
+                _decoder(c, decoder_width, k, out_channels, batch_norm) for k, c in enumerate(widths)
+            )
         self.fuse = nn.Conv2d(self.n_sides * out_channels, out_channels, 1)
         self.imagenet_norm = imagenet_norm
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -109,12 +160,18 @@ class VGG16MultiDecoder(nn.Module):
         h, w = x.shape[-2:]
         if self.imagenet_norm and x.shape[1] == 3:
             x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        sides: list[torch.Tensor] = []
+        taps: list[torch.Tensor] = []  # the encoder's map before each pooling stage, and the last one
         for layer in self.features:
             if isinstance(layer, nn.MaxPool2d):
-                sides.append(self.decoders[len(sides)](x)[..., :h, :w])
+                taps.append(x)
             x = layer(x)
-        sides.append(self.decoders[len(sides)](x)[..., :h, :w])
+        taps.append(x)
+        if not self.cross_decoders:
+            return [dec(t)[..., :h, :w] for dec, t in zip(self.decoders, taps, strict=True)]
+        sides, partner = [], None
+        for dec, t in zip(self.decoders, taps, strict=True):  # finest first: each feeds the next coarser one
+            logits, partner = dec(t, partner)
+            sides.append(logits[..., :h, :w])
         return sides
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
