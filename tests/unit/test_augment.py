@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from histoflow.augment import PRESETS, AugmentConfig, augment, augment_config
+from histoflow.augment import PRESETS, AugmentConfig, augment, augment_config, median3
 from histoflow.train import TrainConfig
 
 
@@ -103,3 +103,14 @@ def test_presets_parse_from_config():
         augment_config({"preset": "none", "rotaet_p": 1})
     with pytest.raises(ValueError):
         TrainConfig(augment="bogus")
+
+
+def test_median_blur_removes_a_speck_and_keeps_a_step_edge():
+    x = torch.zeros(1, 2, 7, 8)
+    x[0, 0, 3, 3] = 1.0  # an isolated pixel: a mean filter would smear it to 1/9 around
+    x[0, 1, :, 4:] = 1.0  # a vertical step edge
+    m = median3(x)
+    assert m[0, 0].abs().max() == 0
+    torch.testing.assert_close(m[0, 1], x[0, 1])
+    ramp = torch.arange(12.0).view(1, 1, 3, 4)  # the median of a 3 x 3 window of a linear ramp is its centre
+    assert m.shape == x.shape and median3(ramp)[0, 0, 1, 1:3].tolist() == [5.0, 6.0]
