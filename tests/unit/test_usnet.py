@@ -395,3 +395,30 @@ def test_paper_layout_has_7620_anchors_on_300_pixels_and_a_four_layer_refinement
     assert logits.shape == (1, 48, 48)
     with pytest.raises(ValueError, match="refine_arch"):
         build_model("usnet", refine_arch="resnet")
+
+
+def test_ablation_switches_without_refinement_and_without_eta():
+    torch.manual_seed(2)
+    x, labels = torch.rand(2, 3, 75, 61), two_objects()
+    plain = tiny(refinement=False, eta_weighting=False, score_floor=0.0, max_detections=5).eval()
+    with torch.no_grad():
+        losses = plain.instance_losses(x, labels)
+        out = plain(x)
+        dets = plain.detect(x, min_score=0.0)
+    assert float(losses["refine"]) == 0.0  # no refine net to train
+    # without η, the focal loss weighs every (non-ignored) anchor 1
+    conf, n_pos = 0.0, 0
+    for i in range(2):
+        gt = torch.stack([torch.tensor([10.0, 10, 30, 25]), torch.tensor([30.0, 40, 50, 62])]) if i == 0 \
+            else torch.zeros((0, 4))
+        m = match_anchors(out["anchors"], gt, 0.5, 0.4)
+        pos = m >= 0
+        conf += float(((m != -2) * (1 - p_t(out["cls"][i], pos)) ** 2 * -torch.log(p_t(out["cls"][i], pos))).sum())
+        n_pos += int(pos.sum())
+    assert float(losses["conf"]) == pytest.approx(conf / max(n_pos, 1), rel=1e-5)
+    # each mask is the segmentation probability inside its (enlarged) box
+    seg = torch.sigmoid(out["seg"])
+    d = dets[0]
+    assert len(d) > 0
+    crop = plain.crop_maps(seg, torch.from_numpy(d.boxes[:1]), torch.tensor([0]))[0, 0]
+    np.testing.assert_allclose(d.masks[0], crop.numpy(), atol=1e-6)

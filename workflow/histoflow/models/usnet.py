@@ -251,6 +251,10 @@ class USNet(nn.Module):
         The refinement crop's side; the refinement network, ``unet`` (a two-level U-Net, this project's
         default) or ``plain`` (the paper's four convolution layers, :func:`_plain_refine`), and its width; the
         context added around a box for its crop (a fraction of the box's width/height on each side).
+    refinement, eta_weighting:
+        The paper's ablation switches: without refinement each detection's mask is the segmentation
+        probability in its box (no refine net, no refine loss); without η weighting the focal loss weighs every
+        anchor 1. (Without detection, US-Net is its backbone alone: ``arch: unet`` with the same widths.)
     refine_jitter, refine_batch:
         Training: ground-truth boxes are jittered by up to this fraction of their size before
         cropping; at most ``refine_batch`` crops a batch.
@@ -271,7 +275,8 @@ class USNet(nn.Module):
                  focal_gamma: float = 2.0, focal_alpha: float | None = None,
                  variances: Sequence[float] = (0.1, 0.2),
                  pos_iou: float = 0.5, neg_iou: float = 0.4, refine_size: int = 48, refine_width: int = 16,
-                 refine_arch: str = "unet", crop_margin: float = 0.25, refine_jitter: float = 0.08,
+                 refine_arch: str = "unet", refinement: bool = True, eta_weighting: bool = True,
+                 crop_margin: float = 0.25, refine_jitter: float = 0.08,
                  refine_batch: int = 64,
                  score_floor: float = 0.05, nms_iou: float = 0.5, max_detections: int = 500,
                  pre_nms_top: int = 2000) -> None:
@@ -294,6 +299,7 @@ class USNet(nn.Module):
         self.pos_iou, self.neg_iou = pos_iou, neg_iou
         self.refine_size, self.crop_margin, self.refine_jitter = refine_size, crop_margin, refine_jitter
         self.refine_batch, self.score_floor, self.nms_iou = refine_batch, score_floor, nms_iou
+        self.refinement, self.eta_weighting = refinement, eta_weighting
         self.max_detections, self.pre_nms_top = max_detections, pre_nms_top
         s_min, s_max = min_size / self.scales[0], max_size / self.scales[-1]
         n = det_levels
@@ -342,12 +348,15 @@ class USNet(nn.Module):
 
         ``stack`` is image + segmentation probability; ``batch_index (N,)`` says which image each box is in.
         """
+        return self.refine(self.crop_maps(stack, boxes, batch_index))[:, 0].float()
+
+    def crop_maps(self, maps: torch.Tensor, boxes: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+        """``(N, C, S, S)`` crops of ``maps (B, C, H, W)`` in ``boxes (N, 4)`` (RoI Align, ``S = refine_size``)."""
         from torchvision.ops import roi_align
 
         rois = torch.cat([batch_index[:, None].to(boxes.dtype), boxes], 1).float()
         s = self.refine_size
-        crops = roi_align(stack.float(), rois, (s, s), spatial_scale=1.0, sampling_ratio=2, aligned=True)
-        return self.refine(crops)[:, 0].float()
+        return roi_align(maps.float(), rois, (s, s), spatial_scale=1.0, sampling_ratio=2, aligned=True)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameter groups ``segmentation``, ``detection`` and ``refinement``: disjoint, together all parameters.
@@ -372,7 +381,7 @@ class USNet(nn.Module):
         out = self(images)
         seg_prob = torch.sigmoid(out["seg"].float())
         cls, box, anc = out["cls"].float(), out["box"].float(), out["anchors"]
-        eta = class_weights_from_segmentation(seg_prob)
+        eta = class_weights_from_segmentation(seg_prob) if self.eta_weighting else seg_prob.new_ones((len(images), 2))
         conf, loc, n_pos = cls.new_zeros(()), box.new_zeros(()), 0
         crops: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (image index, crop box, instance mask)
         for i in range(len(images)):
@@ -393,7 +402,8 @@ class USNet(nn.Module):
         fg = (labels > 0).float()[:, None]
         losses = {"conf": conf / norm, "loc": self.alpha * loc / norm,
                   "seg": self.beta * (seg_prob - fg).abs().mean()}
-        losses["refine"] = self._refine_loss(images, seg_prob, crops) if crops else cls.new_zeros(())
+        losses["refine"] = (self._refine_loss(images, seg_prob, crops) if crops and self.refinement
+                            else cls.new_zeros(()))
         return losses
 
     def _refine_loss(self, images: torch.Tensor, seg_prob: torch.Tensor,
@@ -439,6 +449,10 @@ class USNet(nn.Module):
                 result.append(Detections.empty(self.refine_size))
                 continue
             crop = enlarge_boxes(torch.from_numpy(dets.boxes).to(images.device), self.crop_margin)
-            masks = torch.sigmoid(self.refine_logits(stack, crop, torch.full((len(crop),), i, device=crop.device)))
+            index = torch.full((len(crop),), i, device=crop.device)
+            if self.refinement:
+                masks = torch.sigmoid(self.refine_logits(stack, crop, index))
+            else:  # ablation: the segmentation branch's probability inside each box, unrefined
+                masks = self.crop_maps(seg_prob, crop, index)[:, 0]
             result.append(Detections.from_torch(crop, torch.from_numpy(dets.scores), masks))
         return result
