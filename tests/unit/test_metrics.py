@@ -407,8 +407,8 @@ GLAS_TEST_A = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "gla
 
 def _damaged(gt: np.ndarray) -> np.ndarray:
     """A prediction made from real labels: every object eroded by 6 px and shifted by (2, -1) px, every
-    third one deleted with every object overlapping it (unmatched ground truth), and a disk added where the background is widest (an
-    unmatched prediction)."""
+    third one deleted with every object overlapping it (unmatched ground truth), and a disk added where the
+    background is widest (an unmatched prediction)."""
     pred = gt.copy()
     for _ in range(6):
         pred[find_boundaries(pred, mode="inner")] = 0

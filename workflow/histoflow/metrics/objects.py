@@ -386,7 +386,8 @@ def _min_hausdorff_partners(
         box = _grown_box(boxes[k], best_h, shape)
         inside = [
             j for j in np.unique(other_index[box]).tolist()
-            if j > 0 and all(o.start >= b.start and o.stop <= b.stop for o, b in zip(other_boxes[j - 1], box, strict=True))
+            if j > 0 and all(o.start >= b.start and o.stop <= b.stop
+                             for o, b in zip(other_boxes[j - 1], box, strict=True))
         ]
         if not inside:
             out[k] = best_j

@@ -62,7 +62,8 @@ class CrossDecoder(nn.Module):
 
         self.first = nn.Sequential(nn.Conv2d(cin, width, 3, padding=1, bias=not norm), *act(width))
         self.ups = nn.ModuleList(
-            nn.Sequential(nn.ConvTranspose2d(width, width, 2, stride=2, bias=not norm), *act(width)) for _ in range(steps)
+            nn.Sequential(nn.ConvTranspose2d(width, width, 2, stride=2, bias=not norm), *act(width))
+            for _ in range(steps)
         )
         extra = width if partner else 0
         self.convs = nn.ModuleList(
