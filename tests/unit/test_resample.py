@@ -11,7 +11,7 @@ import pytest
 from histoflow.config import ConfigError, check_models, validate_config
 from histoflow.io import write_image, write_labels
 from histoflow.patches import extract_dataset_patches, read_patch_group, read_store_attrs
-from histoflow.resample import resize_image, resize_labels, resize_probability, scaled_shape
+from histoflow.resample import resize_image, resize_labels, resize_probability, scaled_shape, working_shape
 
 
 def test_scaled_shape_rounds_each_side_and_keeps_one_pixel():
@@ -88,13 +88,35 @@ def test_patch_store_at_half_resolution(tmp_path):
 
 def test_scale_is_refused_where_it_cannot_apply():
     check_models(validate_config({"patches": {"scale": 0.5}, "models": {"u": {"arch": "unet"}}}))
-    with pytest.raises(ConfigError, match=r"models.m: mask_rcnn .* patches.scale 0.5"):
+    with pytest.raises(ConfigError, match=r"models.m: mask_rcnn .* patches.scale: 0.5"):
         check_models(validate_config({"patches": {"scale": 0.5}, "models": {"m": {"arch": "mask_rcnn"}}}))
     with pytest.raises(ConfigError, match=r"patches.scale: 0.5 - slides"):
         check_models(validate_config({"patches": {"scale": 0.5}, "slides": {"images": {"s": "s.svs"}, "model": "u"},
                                       "models": {"u": {"arch": "unet"}}}))
     with pytest.raises(ConfigError, match="patches.scale"):
         validate_config({"patches": {"scale": 0}})
+    with pytest.raises(ConfigError, match=r"models.m: mask_rcnn .* patches.long_side: 512"):
+        check_models(validate_config({"patches": {"long_side": 512}, "models": {"m": {"arch": "mask_rcnn"}}}))
+    with pytest.raises(ConfigError, match=r"long_side: 512 .* patches.scale: 0.5"):
+        check_models(validate_config({"patches": {"long_side": 512, "scale": 0.5}, "models": {"u": {"arch": "unet"}}}))
+
+
+def test_long_side_gives_each_image_its_own_scale():
+    """The GlaS U-Net paper resizes every image to 512 px: a 522 x 775 GlaS image becomes 345 x 512."""
+    assert working_shape((522, 775, 3), long_side=512) == (345, 512)  # 522 * 512 / 775 = 344.9
+    assert working_shape((430, 567), long_side=512) == (388, 512)  # 430 * 512 / 567 = 388.3
+    assert working_shape((100, 50), long_side=512) == (512, 256)  # smaller images are enlarged
+    assert working_shape((522, 775), scale=0.5) == (261, 388)  # without long_side: the one scale (387.5 -> 388)
+
+
+def test_patch_store_with_long_side(tmp_path):
+    datasets = _dataset(tmp_path)  # 64 x 64 images
+    cfg = validate_config({"patches": {"size": 32, "mode": "grid", "overlap": 0, "val_fraction": 0.5,
+                                       "long_side": 32}})["patches"]
+    store = tmp_path / "p.h5"
+    counts, _ = extract_dataset_patches(datasets, {"d": tmp_path / "img"}, cfg, 0, store)
+    assert read_store_attrs(store)["long_side"] == 32 and counts == {"train": 1, "val": 1}
+    assert read_patch_group(store, "train", ("masks",))["masks"].sum() == 16 * 16 + 8 * 8
 
 
 def test_predict_at_the_training_scale_writes_the_image_size(tmp_path, monkeypatch):
@@ -128,3 +150,8 @@ def test_predict_at_the_training_scale_writes_the_image_size(tmp_path, monkeypat
     assert prob.shape == (90, 70) and np.allclose(prob, 0.5)  # sigmoid(0) everywhere, at the image's size
     assert seen == [(3, 45, 35)]  # the network saw the image at half its size
     assert json.loads((tmp_path / "out" / "backend.json").read_text())["backend"] == "torch"
+    seen.clear()
+    save_model(model, {**spec, "scale": 1.0, "long_side": 45}, tmp_path / "model_ls")
+    run_predict(tmp_path / "model_ls", tmp_path / "norm", ["a"], predict, "cpu", tmp_path / "out_ls")
+    assert seen == [(3, 45, 35)]  # long side 90 -> 45
+    assert read_image(tmp_path / "out_ls" / "a.tif").shape == (90, 70)

@@ -132,15 +132,20 @@ def check_models(config: dict[str, Any]) -> None:
     """Settings an instance model cannot honour fail when the workflow is parsed, not after training."""
     errors = []
     scale = config.get("patches", {}).get("scale", 1.0)
-    if scale != 1.0 and config.get("slides", {}).get("images"):
-        errors.append(f"patches.scale: {scale} - slides are predicted at their own resolution (slides.mpp / "
-                      "slides.level), not at a working resolution; keep scale 1 in a workflow with slides")
+    long_side = config.get("patches", {}).get("long_side")
+    if long_side and scale != 1.0:
+        errors.append(f"patches.long_side: {long_side} gives each image its own scale; it cannot be combined with "
+                      f"patches.scale: {scale} - keep one of them")
+    resized = f"patches.scale: {scale}" if scale != 1.0 else (f"patches.long_side: {long_side}" if long_side else "")
+    if resized and config.get("slides", {}).get("images"):
+        errors.append(f"{resized} - slides are predicted at their own resolution (slides.mpp / "
+                      "slides.level), not at a working resolution; drop it in a workflow with slides")
     for name, m in config.get("models", {}).items():
         if m["arch"] not in INSTANCE_ARCHS:
             continue
-        if scale != 1.0:
-            errors.append(f"models.{name}: {m['arch']} detects boxes in the image's own pixels; patches.scale "
-                          f"{scale} is for semantic models (unet, rescrnet, vgg16_mdn): keep scale 1 or drop it")
+        if resized:
+            errors.append(f"models.{name}: {m['arch']} detects boxes in the image's own pixels; {resized} is for "
+                          "semantic models (unet, rescrnet, vgg16_mdn): drop it")
         if config.get("classes"):
             errors.append(f"models.{name}: {m['arch']} segments object instances, but the workflow is multi-class "
                           "(top-level classes:); use unet or rescrnet there")

@@ -291,8 +291,9 @@ def extract_dataset_patches(
 ) -> tuple[dict[str, int], dict[str, list[tuple[str, str]]]]:
     """Split each dataset's training images into train/val and write all their patches to the HDF5 store.
 
-    The store is ``out_store``. With ``patches["scale"]`` other than 1, images and labels are resized to the
-    working resolution first (:mod:`histoflow.resample`; the store's ``scale`` attribute records it).
+    The store is ``out_store``. With ``patches["scale"]`` other than 1 (or ``patches["long_side"]``), images and
+    labels are resized to the working resolution first (:mod:`histoflow.resample`; the store's ``scale`` and
+    ``long_side`` attributes record it).
     Returns the patch counts and the ``(dataset, stem)`` pairs of each role.
 
     ``normalized_dirs`` maps each dataset to the folder of its normalized ``<stem>.png`` images.
@@ -301,10 +302,11 @@ def extract_dataset_patches(
     are the instance labels behind the boundary and contour-aware weight maps.
     """
     from .io import read_rgb
-    from .resample import resize_image, resize_labels, scaled_shape
+    from .resample import resize_image, resize_labels, working_shape
     from .semantic import class_instances, read_truth
 
     scale = float(patches.get("scale", 1.0))
+    long_side = patches.get("long_side")
 
     rng = np.random.default_rng(seed)
     roles: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
@@ -324,8 +326,8 @@ def extract_dataset_patches(
                     f"{d['masks'][stem]}: mask is {labels.shape} but its image {d['images'][stem]} is "
                     f"{image.shape[:2]}; masks must have the same size as their images."
                 )
-            if scale != 1.0:  # the working resolution (histoflow.resample)
-                shape = scaled_shape(image.shape, scale)
+            shape = working_shape(image.shape, scale, long_side)  # the working resolution (histoflow.resample)
+            if shape != image.shape[:2]:
                 image, labels = resize_image(image, shape), resize_labels(labels, shape)
                 truth = resize_labels(truth, shape) if classes else labels
             yield from extract_patches(
@@ -342,7 +344,7 @@ def extract_dataset_patches(
         {"train": patches_of(roles["train"], patches["mode"]), "val": patches_of(roles["val"], "grid")},
         patches["size"],
         attrs={"boundary_width": patches["boundary_width"], "classes": json.dumps(list(classes or [])),
-               "scale": scale},
+               "scale": scale, "long_side": int(long_side or 0)},
     )
     return counts, roles
 

@@ -4,7 +4,8 @@ Large objects need fewer pixels than the scanner gives them: GlaS glands are ~12
 half resolution a network sees 4× the tissue per pixel it computes. With ``patches.scale: s`` the training
 patches are cut from images and labels resized by ``s``; at inference each image is resized by the same ``s``,
 predicted, and its probability map resized back to the image's own size, so post-processing, evaluation and
-every output stay in the original pixels. All sizes round to the nearest pixel (at least one); images and
+every output stay in the original pixels. ``patches.long_side: n`` instead resizes each image so that its
+longer side is ``n`` pixels (:func:`working_shape`). All sizes round to the nearest pixel (at least one); images and
 probabilities are interpolated bilinearly (anti-aliased when shrinking), labels by nearest neighbour.
 """
 
@@ -16,6 +17,17 @@ import numpy as np
 def scaled_shape(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
     """``(H, W)`` of an image of ``shape`` (``(H, W, ...)``) at ``scale``: each side rounded, at least 1."""
     return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
+def working_shape(shape: tuple[int, ...], scale: float = 1.0, long_side: int | None = None) -> tuple[int, int]:
+    """``(H, W)`` an image of ``shape`` has at the working resolution.
+
+    With ``long_side`` (``patches.long_side``: the GlaS U-Net paper's resize to 512 px) each image gets its own
+    scale, ``long_side / max(H, W)``, so its longer side becomes ``long_side`` pixels; otherwise ``scale``.
+    """
+    if long_side:
+        scale = long_side / max(shape[0], shape[1])
+    return scaled_shape(shape, scale)
 
 
 def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

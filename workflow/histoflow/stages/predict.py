@@ -20,14 +20,14 @@ def run_predict(
     """Tiled inference: ``out_dir/<stem>.tif`` float32 foreground probability ``(H, W)`` per image.
 
     A multi-class model gives the class probabilities ``(C, H, W)`` instead (softmax, averaged across overlaps).
-    A model trained at a working resolution (``spec["scale"]``, :mod:`histoflow.resample`) predicts each image
-    resized by it; its probabilities are resized back to the image's size.
+    A model trained at a working resolution (``spec["scale"]`` or ``spec["long_side"]``, :mod:`histoflow.resample`)
+    predicts each image resized to it; its probabilities are resized back to the image's size.
     """
     import torch
 
     from ..backends import job_megapixels, model_predictor
     from ..device import load_for_inference
-    from ..resample import resize_image, resize_probability, scaled_shape
+    from ..resample import resize_image, resize_probability, working_shape
     from ..tiling import predict_tiled, tta_predictor
 
     model, spec, dev = load_for_inference(model_dir, device)
@@ -37,8 +37,9 @@ def run_predict(
     multiclass = bool(spec.get("classes"))
     activation = (lambda z: torch.softmax(z.float(), dim=1)) if multiclass else torch.sigmoid
     scale = float(spec.get("scale", 1.0))  # the working resolution it was trained at (histoflow.resample)
+    long_side = spec.get("long_side")
     side = getattr(model, "context_factor", 1) * predict["tile"]
-    megapixels = job_megapixels(tiles_of_job(normalized_dir, stems, predict, scale), side,
+    megapixels = job_megapixels(tiles_of_job(normalized_dir, stems, predict, scale, long_side), side,
                                 predict.get("tta", "none"))
     net = model_predictor(model, dev, predict, model_dir, activation, megapixels)
     predictor = tta_predictor(net, predict.get("tta", "none"))
@@ -47,7 +48,8 @@ def run_predict(
     for stem in stems:
         image = read_rgb(Path(normalized_dir) / f"{stem}.png")
         t0 = time.perf_counter()
-        x = torch.from_numpy(resize_image(image, scaled_shape(image.shape, scale))).permute(2, 0, 1).float() / 255.0
+        x = torch.from_numpy(resize_image(image, working_shape(image.shape, scale, long_side)))
+        x = x.permute(2, 0, 1).float() / 255.0
         prob = predict_tiled(
             predictor, x, tile=predict["tile"], overlap=predict["overlap"],
             batch_size=predict["batch_size"], blend=predict["blend"], device=dev,
@@ -60,16 +62,17 @@ def run_predict(
     write_json(out / "backend.json", net.record)
 
 
-def tiles_of_job(normalized_dir: PathLike, stems: list[str], predict: dict[str, Any], scale: float = 1.0) -> int:
-    """How many tiles the job's images make at the working ``scale`` (their sizes read from the PNG headers)."""
+def tiles_of_job(normalized_dir: PathLike, stems: list[str], predict: dict[str, Any], scale: float = 1.0,
+                 long_side: int | None = None) -> int:
+    """How many tiles the job's images make at the working resolution (their sizes read from the PNG headers)."""
     import imageio.v3 as iio
 
-    from ..resample import scaled_shape
+    from ..resample import working_shape
     from ..tiling import tile_starts
 
     tiles = 0
     for stem in stems:
-        h, w = scaled_shape(iio.improps(Path(normalized_dir) / f"{stem}.png").shape, scale)
+        h, w = working_shape(iio.improps(Path(normalized_dir) / f"{stem}.png").shape, scale, long_side)
         tiles += len(tile_starts(max(h, predict["tile"]), predict["tile"], predict["overlap"])) * len(
             tile_starts(max(w, predict["tile"]), predict["tile"], predict["overlap"]))
     return tiles

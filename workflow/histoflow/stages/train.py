@@ -110,6 +110,7 @@ def model_spec(model_cfg: dict[str, Any], kwargs: dict[str, Any], cfg, attrs: di
         "target": cfg.target,
         "boundary_width": int(attrs.get("boundary_width", 1)),
         "scale": float(attrs.get("scale", 1.0)),  # the working resolution it was trained at (histoflow.resample)
+        "long_side": int(attrs.get("long_side", 0)) or None,
         "classes": classes,
         "threshold": result.get("threshold", 0.5),
         **({"instances": True, "score_threshold": result["score_threshold"], "val_aji": result["val_aji"]}
