@@ -299,3 +299,26 @@ def test_instance_architectures_are_listed_and_their_impossible_settings_rejecte
         check_models(bad)
     for key in ("models.m:", "models.m.predict.tta", "models.m.pretrain"):
         assert key in str(err.value)
+
+
+def test_wildcard_constraints_escape_names_and_try_longer_names_first():
+    import re
+
+    from histoflow.smk import one_of
+
+    pattern = one_of(["unet", "unet+aug", "unet(v2)"])
+    assert pattern.split("|")[-1] == "unet"  # longest first
+    for name in ("unet", "unet+aug", "unet(v2)"):
+        assert re.fullmatch(pattern, name)
+    assert not re.fullmatch(pattern, "unettt+aug") and not re.fullmatch(pattern, "unetv2")
+    assert one_of([]) == "^$"
+
+
+def test_names_that_cannot_be_folders_are_refused():
+    from histoflow.config import check_names
+
+    check_names({"models": {"unet+aug": {}, "unet(v2)": {}, "u.2": {}}, "datasets": {"glas-A": {}}})
+    with pytest.raises(ConfigError, match=r"models.unet/v2.*\n.*datasets.\.hidden"):
+        check_names({"models": {"unet/v2": {}}, "datasets": {".hidden": {}}})
+    with pytest.raises(ConfigError, match="slides.images.my slide"):
+        check_names({"slides": {"images": {"my slide": "a.svs"}}})

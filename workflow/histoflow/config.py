@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,32 @@ def check_ensembles(config: dict[str, Any]) -> list[str]:
 # without importing torch, so the workflow checks them when it parses config.yaml.
 # tests/unit/test_config.py checks it against the models' own ``instance_model`` flag.
 INSTANCE_ARCHS = ("mask_rcnn", "usnet")
+
+
+NAME_CHARACTERS = "letters, digits and . _ - + ( )"
+_NAME = re.compile(r"[A-Za-z0-9_+()\-][A-Za-z0-9._+()\-]*")
+
+
+def check_names(config: dict[str, Any]) -> None:
+    """Every user-chosen name that becomes a wildcard and a folder name is usable as both.
+
+    Models, ensembles, datasets, volumes, volume models and slides: :data:`NAME_CHARACTERS` only, not starting
+    with a dot (a ``/`` would make a sub-folder, a space breaks shell commands). Raises :class:`ConfigError`
+    naming every offending key.
+    """
+    errors = []
+    for section in ("models", "ensembles", "datasets", "volumes", "volume_models"):
+        for name in config.get(section) or {}:
+            if not _NAME.fullmatch(str(name)):
+                errors.append(f"  {section}.{name}: {name!r} cannot be a folder and wildcard name; use "
+                              f"{NAME_CHARACTERS} only (not starting with a dot)")
+    slides = (config.get("slides") or {}).get("images")
+    for name in slides if isinstance(slides, dict) else []:
+        if not _NAME.fullmatch(str(name)):
+            errors.append(f"  slides.images.{name}: {name!r} cannot be a folder and wildcard name; use "
+                          f"{NAME_CHARACTERS} only (not starting with a dot)")
+    if errors:
+        raise ConfigError("config.yaml is invalid:\n" + "\n".join(errors))
 
 
 def check_models(config: dict[str, Any]) -> None:

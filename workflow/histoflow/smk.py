@@ -42,3 +42,14 @@ def torch_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(n)
     else:
         os.environ.setdefault("OMP_NUM_THREADS", str(n))
+
+
+def one_of(names: list[str]) -> str:
+    """A wildcard constraint matching exactly one of ``names``: each escaped (a model ``unet+aug`` or
+    ``unet(v2)`` is a literal name, not a pattern), longest first so a name that is a prefix of another never
+    cuts it short; a pattern that matches nothing when there are no names."""
+    import re
+
+    if not names:
+        return "^$"
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))

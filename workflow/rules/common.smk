@@ -5,12 +5,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from histoflow.config import validate_config  # noqa: E402
-from histoflow.config import check_ensembles, check_models  # noqa: E402
+from histoflow.config import check_ensembles, check_models, check_names  # noqa: E402
 from histoflow.datasets import resolve_datasets  # noqa: E402
+from histoflow.smk import one_of  # noqa: E402
 
 _full = validate_config(config)
 config.clear()
 config.update(_full)
+check_names(config)
 
 RESULTS = config["results"]
 DATASETS = resolve_datasets(config)
@@ -27,10 +29,10 @@ ENV = "../../envs/histoflow.yaml"
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
-    model="|".join(PREDICTORS),
-    volume="|".join(VOLUMES) or "^$",
-    vmodel="|".join(VOLUME_MODELS) or "^$",
+    dataset=one_of(list(DATASETS)),
+    model=one_of(PREDICTORS),
+    volume=one_of(VOLUMES),
+    vmodel=one_of(VOLUME_MODELS),
 
 
 def raw_inputs(name):

@@ -1,7 +1,7 @@
 rule predict:
     """Tiled, blended inference: one probability map (float32 TIFF) per test image."""
     wildcard_constraints:
-        model="|".join(MODELS),
+        model=one_of(MODELS),
     input:
         model=f"{RESULTS}/models/{{model}}/model.pt",
         spec=f"{RESULTS}/models/{{model}}/spec.json",
@@ -29,7 +29,7 @@ rule ensemble_predict:
     """An ensemble's probability maps: the (weighted) mean of its members' maps, or, with
     combine: vote, the objects a weighted majority of the members' instances agree on."""
     wildcard_constraints:
-        model="|".join(ENSEMBLES) or "^$",
+        model=one_of(ENSEMBLES),
     input:
         unpack(ensemble_member_inputs),
     output:
@@ -52,7 +52,7 @@ rule ensemble_predict:
 rule ensemble_spec:
     """An ensemble's spec: its members and the weighted mean of their thresholds."""
     wildcard_constraints:
-        model="|".join(ENSEMBLES) or "^$",
+        model=one_of(ENSEMBLES),
     input:
         ensemble_spec_inputs,
     output:

@@ -2,7 +2,7 @@ rule pretrain_model:
     """Stage 1 of two-stage training (models with a `pretrain` block, e.g. fibre boundaries); its
     params leave out the model's `train`/`predict` blocks, so editing stage 2 never reruns it."""
     wildcard_constraints:
-        model="|".join(PRETRAINED) or "^$",
+        model=one_of(PRETRAINED),
     input:
         store=f"{RESULTS}/patches/patches.h5",
     output:
@@ -39,7 +39,7 @@ rule train_model:
     """Train one configured model (stage 2 when it has a `pretrain` block: fine-tuned from stage 1);
     checkpoints every epoch and resumes after an interruption."""
     wildcard_constraints:
-        model="|".join(MODELS),
+        model=one_of(MODELS),
     input:
         unpack(train_inputs),
     output:

@@ -29,7 +29,7 @@ rule slide_tissue:
 rule predict_slide_region:
     """One row band of a slide through the model (tissue tiles only) into a zarr store."""
     wildcard_constraints:
-        model="|".join(MODELS),
+        model=one_of(MODELS),
         **_SLIDE_WILDCARDS,
     input:
         slide=lambda wc: SLIDES[wc.slide],
@@ -60,7 +60,7 @@ rule predict_slide_region:
 rule merge_slide:
     """The regions' row bands concatenated into the slide's probability map (zarr, float32)."""
     wildcard_constraints:
-        model="|".join(MODELS),
+        model=one_of(MODELS),
         **_SLIDE_WILDCARDS,
     input:
         slide_region_stores,
@@ -80,7 +80,7 @@ rule merge_slide:
 rule slide_outputs:
     """Pyramidal OME-TIFFs (probability, instance labels), objects as QuPath GeoJSON, summary."""
     wildcard_constraints:
-        model="|".join(MODELS),
+        model=one_of(MODELS),
         **_SLIDE_WILDCARDS,
     input:
         prob=f"{SLIDE_DIR}/probability.zarr",

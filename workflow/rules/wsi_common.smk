@@ -1,5 +1,4 @@
 # Whole slides: the slides of the config, their checks, and the input functions of workflow/rules/wsi.smk.
-import re
 
 from histoflow.config import ConfigError  # noqa: E402
 from histoflow.wsi import find_slides  # noqa: E402
@@ -23,7 +22,7 @@ def _slides_setup():
 
 SLIDES, SLIDE_MODEL = _slides_setup()
 SLIDE_DIR = f"{RESULTS}/slides/{{slide}}/{{model}}"
-_SLIDE_WILDCARDS = {"slide": "|".join(re.escape(s) for s in SLIDES) or "^$", "region": r"\d+"}
+_SLIDE_WILDCARDS = {"slide": one_of(list(SLIDES)), "region": r"\d+"}
 
 
 def slide_params(*keys):
