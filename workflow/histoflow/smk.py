@@ -45,9 +45,12 @@ def torch_threads(n: int) -> None:
 
 
 def one_of(names: list[str]) -> str:
-    """A wildcard constraint matching exactly one of ``names``: each escaped (a model ``unet+aug`` or
-    ``unet(v2)`` is a literal name, not a pattern), longest first so a name that is a prefix of another never
-    cuts it short; a pattern that matches nothing when there are no names."""
+    """A wildcard constraint matching exactly one of ``names``.
+
+    Each name is escaped (a model ``unet+aug`` or ``unet(v2)`` is a literal name, not a pattern) and longer
+    names come first, so a name that is a prefix of another never cuts it short; with no names, a pattern
+    that matches nothing.
+    """
     import re
 
     if not names:
