@@ -322,3 +322,14 @@ def test_names_that_cannot_be_folders_are_refused():
         check_names({"models": {"unet/v2": {}}, "datasets": {".hidden": {}}})
     with pytest.raises(ConfigError, match="slides.images.my slide"):
         check_names({"slides": {"images": {"my slide": "a.svs"}}})
+
+
+def test_an_empty_image_file_is_named_as_empty(tmp_path):
+    from histoflow.io import read_image, read_labels
+
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "m.tif").write_bytes(b"")
+    with pytest.raises(InputError, match=r"a.png: the file is empty \(0 bytes\)"):
+        read_image(tmp_path / "a.png")
+    with pytest.raises(InputError, match=r"m.tif: the file is empty"):
+        read_labels(tmp_path / "m.tif")

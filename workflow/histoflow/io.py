@@ -104,6 +104,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found. Check the 'images'/'masks' paths in config.yaml.")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes), e.g. an interrupted copy or export. Copy or "
+                         "export it again, or remove it from the dataset folder.")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             arr = tifffile.imread(path)
