@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -333,3 +334,20 @@ def test_an_empty_image_file_is_named_as_empty(tmp_path):
         read_image(tmp_path / "a.png")
     with pytest.raises(InputError, match=r"m.tif: the file is empty"):
         read_labels(tmp_path / "m.tif")
+
+
+def test_a_binary_mask_under_mask_type_instance_becomes_its_components(tmp_path, caplog):
+    from histoflow.io import read_labels, write_image
+
+    mask = np.zeros((20, 30), np.uint8)
+    mask[2:6, 2:6] = mask[10:15, 20:28] = mask[16:19, 2:4] = 255  # three separate objects, one value
+    write_image(tmp_path / "m.png", mask)
+    with caplog.at_level("WARNING"):
+        labels = read_labels(tmp_path / "m.png", "instance")
+    assert labels.max() == 3 and ((labels > 0) == (mask > 0)).all()
+    assert "m.png: holds only 0 and 255 but 3 separate objects" in caplog.text and "mask_type: binary" in caplog.text
+    one = np.zeros((20, 30), np.uint16)
+    one[2:6, 2:6] = 7  # a genuine single object keeps its id, without a warning
+    write_image(tmp_path / "one.png", one)
+    caplog.clear()
+    assert set(np.unique(read_labels(tmp_path / "one.png"))) == {0, 7} and not caplog.text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -131,7 +132,10 @@ def read_labels(path: str | os.PathLike[str], mask_type: str = "instance") -> np
     """Read a ground-truth file as an instance label map ``int32 (H, W)`` (0 = background).
 
     ``mask_type="instance"``: pixel values are object ids. ``"binary"``: any non-zero value is
-    foreground and objects are the 8-connected components.
+    foreground and objects are the 8-connected components. An "instance" file holding only 0 and one other
+    value in several separate objects is a binary mask saved as instances (0/255 exports): its connected
+    components are used, with a warning naming the file (what StarDist's and Cellpose's label readers would
+    otherwise count as one object).
     """
     from skimage.measure import label as cc_label
 
@@ -154,6 +158,16 @@ def read_labels(path: str | os.PathLike[str], mask_type: str = "instance") -> np
         raise InputError(f"{path}: instance labels must be integers, got non-integer floats.")
     if arr.min() < 0:
         raise InputError(f"{path}: instance labels must be >= 0 (0 = background).")
+    values = np.unique(arr)
+    if values.size == 2 and values[0] == 0:  # one object, or a binary mask saved under mask_type: instance
+        components = cc_label(arr > 0, connectivity=2).astype(np.int32)
+        if components.max() > 1:
+            logging.getLogger(__name__).warning(
+                "%s: holds only 0 and %s but %d separate objects: a binary mask (e.g. a QuPath or ImageJ export), "
+                "not instance labels; its connected components are used as the objects (touching objects stay "
+                "merged). Set mask_type: binary for this dataset to say so, or export instance labels.",
+                path, values[1], components.max())
+            return components
     return arr.astype(np.int32)
 
 
