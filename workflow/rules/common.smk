@@ -35,16 +35,27 @@ wildcard_constraints:
     vmodel=one_of(VOLUME_MODELS),
 
 
-def raw_inputs(name):
-    """The files (or, for a generated dataset, the folder) a dataset's images and masks come from."""
+def raw_inputs(name, stems=None, masks=True):
+    """The files (or, for a generated dataset, the folder) a dataset's images (and masks) come from.
+
+    ``stems``: only those images (default: all). A rule depends on the masks it reads and no others, so that
+    editing a test image's mask reruns its evaluation, never the stain normalization or the training.
+    """
     if config["datasets"][name].get("generator"):
         return [f"{RESULTS}/data/{name}"]
     d = DATASETS[name]
-    return [d.images[s] for s in d.stems] + [d.masks[s] for s in d.stems]
+    stems = d.stems if stems is None else stems
+    return [d.images[s] for s in stems] + ([d.masks[s] for s in stems] if masks else [])
 
 
-def raw_dataset_inputs(wildcards):
-    return raw_inputs(wildcards.dataset)
+def raw_dataset_images(wildcards):
+    """Every image of the dataset (stain normalization reads no mask)."""
+    return raw_inputs(wildcards.dataset, masks=False)
+
+
+def raw_test_inputs(wildcards):
+    """The dataset's test images and their masks (evaluation)."""
+    return raw_inputs(wildcards.dataset, DATASETS[wildcards.dataset].test)
 
 
 def stain_target_image():
@@ -65,7 +76,7 @@ def stain_target_inputs(wildcards):
 def patch_inputs(wildcards):
     return {
         "normalized": [f"{RESULTS}/normalized/{n}" for n in TRAIN_DATASETS],
-        "raw": [p for n in TRAIN_DATASETS for p in raw_inputs(n)],
+        "raw": [p for n in TRAIN_DATASETS for p in raw_inputs(n, DATASETS[n].train)],
     }
 
 

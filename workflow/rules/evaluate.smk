@@ -3,7 +3,7 @@ rule evaluate:
     input:
         instances=f"{RESULTS}/instances/{{model}}/{{dataset}}",
         predictions=f"{RESULTS}/predictions/{{model}}/{{dataset}}",
-        raw=raw_dataset_inputs,
+        raw=raw_test_inputs,
     output:
         table=report(
             f"{RESULTS}/metrics/{{model}}/{{dataset}}.tsv",
@@ -32,7 +32,7 @@ rule evaluate_fibres:
         predictions=f"{RESULTS}/predictions/{{model}}/{{dataset}}",
         spec=f"{RESULTS}/models/{{model}}/spec.json",
         normalized=f"{RESULTS}/normalized/{{dataset}}",
-        raw=raw_dataset_inputs,
+        raw=raw_test_inputs,
     output:
         table=report(
             f"{RESULTS}/metrics/{{model}}/{{dataset}}_fibres.tsv",

@@ -26,7 +26,7 @@ rule fit_stain:
 rule normalize_stain:
     """Apply the fitted normalizer to every image of a dataset."""
     input:
-        raw=raw_dataset_inputs,
+        raw=raw_dataset_images,
         stain=f"{RESULTS}/stain/target.json",
     output:
         directory(f"{RESULTS}/normalized/{{dataset}}"),
