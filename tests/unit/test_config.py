@@ -351,3 +351,37 @@ def test_a_binary_mask_under_mask_type_instance_becomes_its_components(tmp_path,
     write_image(tmp_path / "one.png", one)
     caplog.clear()
     assert set(np.unique(read_labels(tmp_path / "one.png"))) == {0, 7} and not caplog.text
+
+
+def test_architectures_and_their_parameters_are_checked_without_importing_torch():
+    import subprocess
+    import sys
+
+    from histoflow.config import architecture_parameters, check_architectures
+    from histoflow.models import available_models, build_model
+
+    known = architecture_parameters()
+    assert sorted(known) == available_models()
+    assert {"base_width", "depth", "norm"} <= known["unet"] and "lstm_on" in known["rescrnet"]
+    assert {"backbone", "anchor_sizes"} <= known["mask_rcnn"]  # through the factory's MaskRCNN(**kwargs)
+    build_model("unet", **{k: v for k, v in {"base_width": 4, "depth": 2, "norm": True}.items() if k in known["unet"]})
+    check_architectures({"models": {"u": {"arch": "unet", "params": {"base_width": 8}}}})
+    with pytest.raises(ConfigError, match=r"models.u.arch: unknown architecture 'unett'"):
+        check_architectures({"models": {"u": {"arch": "unett"}}})
+    with pytest.raises(ConfigError, match=r"models.u.params.base_widht: unet has no parameter .*'base_width'"):
+        check_architectures({"models": {"u": {"arch": "unet", "params": {"base_widht": 8}}}})
+    code = ("import sys; sys.path.insert(0, 'workflow'); from histoflow.config import architecture_parameters; "
+            "architecture_parameters(); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "False"
+
+
+def test_every_shipped_config_names_real_parameters():
+    from histoflow.config import check_architectures
+
+    root = Path(__file__).resolve().parents[2]
+    for path in [root / "config.yaml", *sorted((root / "config").rglob("*.yaml"))]:
+        cfg = yaml.safe_load(path.read_text())
+        if "models" in cfg and all(isinstance(m, dict) and "arch" in m for m in cfg["models"].values()):
+            check_architectures(cfg)

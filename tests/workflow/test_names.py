@@ -29,3 +29,14 @@ def test_a_name_that_cannot_be_a_folder_is_refused_before_any_job(tmp_path):
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "models.unet/v2" in out and "letters, digits and . _ - + ( )" in out
+
+
+def test_unknown_architecture_or_parameter_stops_the_dry_run(tmp_path):
+    cfg = tiny_config()
+    cfg["models"]["a"]["arch"] = "unett"
+    cfg["models"]["b"]["params"]["base_widht"] = 8
+    write_config(tmp_path, cfg)
+    proc = smk(tmp_path, "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "train_model" not in proc.stdout
+    assert "models.a.arch: unknown architecture 'unett'" in out and "models.b.params.base_widht" in out

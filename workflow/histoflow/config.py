@@ -123,6 +123,72 @@ def check_ensembles(config: dict[str, Any]) -> list[str]:
     return names
 
 
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+
+def architecture_parameters() -> dict[str, set[str] | None]:
+    """Registered architecture name -> the keyword parameters its constructor accepts.
+
+    Read from the model sources without importing them (torch would add seconds to every parse of the
+    workflow). Each ``@register_model("name")`` class contributes its ``__init__``'s parameters, a factory function its
+    own; a factory taking only ``**kwargs`` and returning ``Cls(**kwargs)`` contributes ``Cls.__init__``'s.
+    ``None``: parameters that cannot be read statically (any keyword accepted).
+    """
+    import ast
+
+    out: dict[str, set[str] | None] = {}
+    for path in sorted(MODELS_DIR.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+
+        def params(fn: ast.FunctionDef) -> set[str] | None:
+            a = fn.args
+            names = {x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]} - {"self"}
+            if a.kwarg is None:
+                return names
+            for node in ast.walk(fn):  # def f(**kwargs): return Cls(**kwargs)
+                if (isinstance(node, ast.Return) and isinstance(node.value, ast.Call)
+                        and isinstance(node.value.func, ast.Name) and node.value.func.id in classes):
+                    return init_params(classes[node.value.func.id])
+            return None
+
+        def init_params(cls: ast.ClassDef) -> set[str] | None:
+            init = next((f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"), None)
+            return set() if init is None else params(init)
+
+        for node in tree.body:
+            for deco in getattr(node, "decorator_list", []):
+                if (isinstance(deco, ast.Call) and getattr(deco.func, "id", "") == "register_model"
+                        and deco.args and isinstance(deco.args[0], ast.Constant)):
+                    out[deco.args[0].value] = (init_params(node) if isinstance(node, ast.ClassDef)
+                                               else params(node))
+    return out
+
+
+def check_architectures(config: dict[str, Any]) -> None:
+    """Every model's ``arch`` is registered and its ``params`` are parameters of that architecture.
+
+    Checked when the workflow is parsed (before any job), with the key path and the accepted names in the message.
+    """
+    known = architecture_parameters()
+    errors = []
+    for name, m in config.get("models", {}).items():
+        arch = m.get("arch")
+        if arch not in known:
+            errors.append(f"  models.{name}.arch: unknown architecture {arch!r}; choose from {sorted(known)}")
+            continue
+        accepted = known[arch]
+        if accepted is None:
+            continue
+        for key in m.get("params") or {}:
+            if key not in accepted:
+                close = sorted(accepted - {"in_channels", "out_channels"})
+                errors.append(f"  models.{name}.params.{key}: {arch} has no parameter {key!r}; its parameters are "
+                              f"{close}")
+    if errors:
+        raise ConfigError("config.yaml is invalid:\n" + "\n".join(errors))
+
+
 # Architectures that segment object instances through detections (histoflow.detection); kept here,
 # without importing torch, so the workflow checks them when it parses config.yaml.
 # tests/unit/test_config.py checks it against the models' own ``instance_model`` flag.

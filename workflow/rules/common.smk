@@ -5,7 +5,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from histoflow.config import validate_config  # noqa: E402
-from histoflow.config import check_ensembles, check_models, check_names  # noqa: E402
+from histoflow.config import check_architectures, check_ensembles, check_models, check_names  # noqa: E402
 from histoflow.datasets import resolve_datasets  # noqa: E402
 from histoflow.smk import one_of  # noqa: E402
 
@@ -13,6 +13,7 @@ _full = validate_config(config)
 config.clear()
 config.update(_full)
 check_names(config)
+check_architectures(config)
 
 RESULTS = config["results"]
 DATASETS = resolve_datasets(config)
