@@ -126,13 +126,35 @@ def check_ensembles(config: dict[str, Any]) -> list[str]:
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 
+def _accepted(fn: Any, classes: dict[str, Any]) -> set[str] | None:
+    """Keyword parameters of an ``ast.FunctionDef`` (``None``: ``**kwargs`` not forwarded to a known class)."""
+    import ast
+
+    a = fn.args
+    names = {x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]} - {"self"}
+    if a.kwarg is None:
+        return names
+    for node in ast.walk(fn):  # def f(**kwargs): return Cls(**kwargs)
+        if (isinstance(node, ast.Return) and isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Name) and node.value.func.id in classes):
+            return _init_accepted(classes[node.value.func.id], classes)
+    return None
+
+
+def _init_accepted(cls: Any, classes: dict[str, Any]) -> set[str] | None:
+    import ast
+
+    init = next((f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"), None)
+    return set() if init is None else _accepted(init, classes)
+
+
 def architecture_parameters() -> dict[str, set[str] | None]:
     """Registered architecture name -> the keyword parameters its constructor accepts.
 
     Read from the model sources without importing them (torch would add seconds to every parse of the
-    workflow). Each ``@register_model("name")`` class contributes its ``__init__``'s parameters, a factory function its
-    own; a factory taking only ``**kwargs`` and returning ``Cls(**kwargs)`` contributes ``Cls.__init__``'s.
-    ``None``: parameters that cannot be read statically (any keyword accepted).
+    workflow). Each ``@register_model("name")`` class contributes its ``__init__``'s parameters, a factory
+    function its own; a factory taking only ``**kwargs`` and returning ``Cls(**kwargs)`` contributes
+    ``Cls.__init__``'s. ``None``: parameters that cannot be read statically (any keyword accepted).
     """
     import ast
 
@@ -140,28 +162,12 @@ def architecture_parameters() -> dict[str, set[str] | None]:
     for path in sorted(MODELS_DIR.glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
-
-        def params(fn: ast.FunctionDef) -> set[str] | None:
-            a = fn.args
-            names = {x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]} - {"self"}
-            if a.kwarg is None:
-                return names
-            for node in ast.walk(fn):  # def f(**kwargs): return Cls(**kwargs)
-                if (isinstance(node, ast.Return) and isinstance(node.value, ast.Call)
-                        and isinstance(node.value.func, ast.Name) and node.value.func.id in classes):
-                    return init_params(classes[node.value.func.id])
-            return None
-
-        def init_params(cls: ast.ClassDef) -> set[str] | None:
-            init = next((f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"), None)
-            return set() if init is None else params(init)
-
         for node in tree.body:
             for deco in getattr(node, "decorator_list", []):
                 if (isinstance(deco, ast.Call) and getattr(deco.func, "id", "") == "register_model"
                         and deco.args and isinstance(deco.args[0], ast.Constant)):
-                    out[deco.args[0].value] = (init_params(node) if isinstance(node, ast.ClassDef)
-                                               else params(node))
+                    out[deco.args[0].value] = (_init_accepted(node, classes) if isinstance(node, ast.ClassDef)
+                                               else _accepted(node, classes))
     return out
 
 
