@@ -121,11 +121,14 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return np.asarray(arr)
 
 
-def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an image and convert it to ``uint8`` RGB ``(H, W, 3)`` (grey, RGBA, 16-bit handled)."""
+def read_rgb(path: str | os.PathLike[str], bit_depth: int | None = None) -> np.ndarray:
+    """Read an image and convert it to ``uint8`` RGB ``(H, W, 3)`` (grey, RGBA, 16-bit handled).
+
+    ``bit_depth``: the significant bits of a 16-bit image (:func:`histoflow.stain.to_rgb_uint8`).
+    """
     from .stain import to_rgb_uint8
 
-    return to_rgb_uint8(read_image(path), name=str(path))
+    return to_rgb_uint8(read_image(path), name=str(path), bit_depth=bit_depth)
 
 
 def read_labels(path: str | os.PathLike[str], mask_type: str = "instance") -> np.ndarray:

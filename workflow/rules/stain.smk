@@ -32,6 +32,7 @@ rule normalize_stain:
         directory(f"{RESULTS}/normalized/{{dataset}}"),
     params:
         images=lambda wc: DATASETS[wc.dataset].images,
+        bit_depth=lambda wc: config["datasets"][wc.dataset]["bit_depth"],
     log:
         f"{RESULTS}/logs/normalize_stain/{{dataset}}.log",
     benchmark:

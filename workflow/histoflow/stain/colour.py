@@ -35,7 +35,15 @@ _EXPECTED_IMAGE = (
 )
 
 
-def to_rgb_uint8(image: np.ndarray, *, name: str = "image") -> np.ndarray:
+BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def bit_depth_of(max_value: int) -> int:
+    """The smallest of :data:`BIT_DEPTHS` whose range ``0 .. 2**b - 1`` holds ``max_value``."""
+    return next(b for b in BIT_DEPTHS if max_value <= 2**b - 1) if max_value < 2**16 else 16
+
+
+def to_rgb_uint8(image: np.ndarray, *, name: str = "image", bit_depth: int | None = None) -> np.ndarray:
     """Convert an image to 8-bit RGB.
 
     Parameters
@@ -47,6 +55,9 @@ def to_rgb_uint8(image: np.ndarray, *, name: str = "image") -> np.ndarray:
         (scaled by 255 and rounded).
     name : str
         Name of the argument, used in error messages.
+    bit_depth : int, optional
+        For ``uint16``: the significant bits (e.g. 12 for camera data in ``0 .. 4095``), scaled so that
+        ``2**bit_depth - 1`` becomes 255; default 16.
 
     Returns
     -------
@@ -71,7 +82,10 @@ def to_rgb_uint8(image: np.ndarray, *, name: str = "image") -> np.ndarray:
     if arr.dtype == np.uint8:
         full = 255.0
     elif arr.dtype == np.uint16:
-        full = 65535.0
+        full = float(2 ** (bit_depth or 16) - 1)
+        if bit_depth and arr.size and arr.max() > full:
+            raise ValueError(f"{name}: values up to {arr.max()} do not fit bit_depth {bit_depth} (at most "
+                             f"{int(full)}); raise datasets.<name>.bit_depth or set it to auto")
     elif arr.dtype == np.bool_ or not (
         np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
     ):
@@ -103,9 +117,11 @@ def to_rgb_uint8(image: np.ndarray, *, name: str = "image") -> np.ndarray:
 
     if arr.dtype == np.uint8:
         out = arr
-    elif arr.dtype == np.uint16:
+    elif arr.dtype == np.uint16 and full == 65535.0:
         # round(x / 257); 257 is odd so no value sits exactly on a .5 tie
         out = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif arr.dtype == np.uint16:
+        out = _unit_float_to_uint8(arr.astype(np.float64) / full)
     elif np.issubdtype(arr.dtype, np.integer):
         out = arr.astype(np.uint8)
     else:
