@@ -29,7 +29,7 @@ def test_empty_config_gets_every_default():
     assert cfg["patches"]["weight_w0"] == 10.0 and cfg["patches"]["val_fraction"] == 0.2
     assert cfg["stain"] == {"method": "macenko", "target": "", "params": {}}
     assert cfg["datasets"]["demo"] == {"generator": "muscle_fibres", "mask_type": "instance", "split": "auto",
-                                       "test_fraction": 0.25, "limit": None}
+                                       "test_fraction": 0.25, "limit": None, "bit_depth": "auto"}
     assert cfg["references"] == {}
     unet = cfg["models"]["unet"]
     assert unet["arch"] == "unet" and unet["params"] == {}
@@ -58,7 +58,7 @@ def test_model_and_dataset_entries_get_nested_defaults():
     assert small["train"]["use_weight_map"] is True and small["predict"]["tile"] == 256
     assert set(cfg["models"]) == {"small"}  # a given section replaces the default entries
     assert cfg["datasets"] == {"mine": {"images": "a", "masks": "b", "split": "test", "mask_type": "instance",
-                                        "test_fraction": 0.25, "limit": None}}
+                                        "test_fraction": 0.25, "limit": None, "bit_depth": "auto"}}
 
 
 def test_fill_defaults_keeps_given_values_and_non_dicts():
