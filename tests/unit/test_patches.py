@@ -300,3 +300,39 @@ def test_patch_store_failed_write_leaves_nothing(tmp_path, scene):
     with pytest.raises(RuntimeError, match="disk on fire"):
         write_patch_store(path, {"train": broken()}, 16)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_patch_store_that_cannot_fit_stops_before_writing(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from histoflow.io import InputError
+    from histoflow.patches import check_free_space, count_patches, patch_bytes
+
+    # per pixel: image 3 B, masks / boundaries / interiors / classes 1 B each, labels (int32) 4 B, and five float32
+    # maps (weights, distance_weights, three balances) 4 B each: 3 + 4 + 4 + 20 = 31 B
+    assert patch_bytes(10) == 100 * 31
+    assert count_patches([(100, 100), (50, 60)], {"size": 64, "per_image": 5, "overlap": 0}, "random") == 10
+    assert count_patches([(100, 100)], {"size": 64, "per_image": 5, "overlap": 0}, "grid") == 4
+    usage = namedtuple("usage", "total used free")
+    need = 1000 * patch_bytes(64)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(0, 0, need // 3))
+    with pytest.raises(InputError, match=r"p.h5: 1000 patches of 64 px need .* GB free. Free some space"):
+        check_free_space(tmp_path / "out" / "p.h5", 1000, 64)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(0, 0, need * 2))
+    check_free_space(tmp_path / "out" / "p.h5", 1000, 64)
+
+
+def test_a_full_disk_while_writing_is_named(tmp_path, monkeypatch):
+    import h5py
+
+    from histoflow.io import InputError
+    from histoflow.patches import write_patch_store
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(h5py, "File", full)
+    with pytest.raises(InputError, match=r"p.h5: the disk filled up .* nothing was kept"):
+        write_patch_store(tmp_path / "p.h5", {"train": []}, 32)
+    assert not list(tmp_path.iterdir())  # no partial store a rerun could take as finished

@@ -230,6 +230,18 @@ def write_patch_store(
     Datasets are chunked one patch per chunk and gzip-compressed; they grow as patches arrive, so
     memory stays at one patch whatever the dataset size.
     """
+    try:
+        return _write_patch_store(path, groups, size, attrs)
+    except OSError as exc:
+        if "No space left" not in str(exc) and getattr(exc, "errno", None) != 28:
+            raise
+        from .io import InputError
+
+        raise InputError(f"{path}: the disk filled up while writing the patch store ({exc}); nothing was kept. "
+                         "Free some space or put results: on a larger disk, then rerun.") from exc
+
+
+def _write_patch_store(path, groups, size, attrs) -> dict[str, int]:
     counts: dict[str, int] = {}
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["patch_size"] = size
@@ -260,6 +272,48 @@ def write_patch_store(
                 n += 1
             counts[name] = n
     return counts
+
+
+def patch_bytes(size: int) -> int:
+    """Uncompressed bytes one ``size`` × ``size`` patch takes in the store (every field)."""
+    return sum(size * size * (3 if k == "images" else 1) * np.dtype(_PIXEL_DTYPES.get(k, np.float32)).itemsize
+               for k in FIELDS)
+
+
+def count_patches(shapes: list[tuple[int, int]], patches: dict[str, Any], mode: str) -> int:
+    """How many patches images of these working-resolution ``shapes`` give (random: ``per_image`` each)."""
+    size = patches["size"]
+    if mode == "random":
+        return len(shapes) * patches["per_image"]
+    return sum(len(tile_starts(max(h, size), size, patches["overlap"])) *
+               len(tile_starts(max(w, size), size, patches["overlap"])) for h, w in shapes)
+
+
+def check_free_space(store: str | os.PathLike[str], n_patches: int, size: int) -> None:
+    """Stop before writing a patch store the disk cannot hold (a full disk can crash HDF5 mid-write).
+
+    The store is gzip-compressed, typically 2-4× smaller than :func:`patch_bytes` says: with less free space
+    than half the uncompressed size it cannot fit, and :class:`histoflow.io.InputError` says so with both sizes;
+    with less than the uncompressed size a warning is logged.
+    """
+    import logging
+    import shutil
+
+    from .io import InputError
+
+    folder = Path(store).resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    need, free = n_patches * patch_bytes(size), shutil.disk_usage(folder).free
+    gb = 1024**3
+    if free < need / 2:
+        raise InputError(f"{store}: {n_patches} patches of {size} px need about {need / gb:.1f} GB "
+                         f"uncompressed (at least {need / 2 / gb:.1f} GB compressed), but {folder} has only "
+                         f"{free / gb:.1f} GB free. Free some space, put results: on a larger disk, or lower "
+                         "patches.per_image / patches.size.")
+    if free < need:
+        logging.getLogger(__name__).warning("%s: %.1f GB free for about %.1f GB of patches before compression",
+                                            store, free / gb, need / gb)
 
 
 def read_patch_group(path: str | os.PathLike[str], group: str,
@@ -339,6 +393,15 @@ def extract_dataset_patches(
             )
 
     # Validation always uses the grid, so its score does not depend on random crops.
+    def shapes(items: list[tuple[str, str]]) -> list[tuple[int, int]]:
+        import imageio.v3 as iio
+
+        return [working_shape(iio.improps(Path(normalized_dirs[n]) / f"{s}.png").shape, scale, long_side)
+                for n, s in items]
+
+    n_planned = (count_patches(shapes(roles["train"]), patches, patches["mode"])
+                 + count_patches(shapes(roles["val"]), patches, "grid"))
+    check_free_space(out_store, n_planned, patches["size"])
     counts = write_patch_store(
         out_store,
         {"train": patches_of(roles["train"], patches["mode"]), "val": patches_of(roles["val"], "grid")},
