@@ -159,6 +159,20 @@ def test_clear_errors(slide_path, tmp_path):
         wsi.open_slide(tmp_path / "bad.tif", backend="tifffile")
 
 
+def test_a_truncated_slide_names_the_file_and_the_fix(slide_path, tmp_path):
+    """Headers intact, tiles cut off (an interrupted copy): the slide opens, decoding its pixels fails clearly."""
+    data = Path(slide_path).read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) // 3])
+    try:
+        slide = wsi.open_slide(cut, backend="tifffile")
+    except InputError as exc:  # the cut reached the headers: also a clear error
+        assert "cut.tif" in str(exc)
+        return
+    with pytest.raises(InputError, match=r"cut.tif: cannot decode level .* damaged or truncated"):
+        slide.read_region(0, 0, slide.shape[0], slide.shape[1])
+
+
 def test_missing_openslide_is_a_clear_error(slide_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "openslide", None)  # import openslide -> ImportError
     with pytest.raises(InputError, match="pip install openslide-python openslide-bin") as err:

@@ -400,16 +400,29 @@ class Slide:
         if h == 0 or w == 0:
             return np.zeros((h, w, 3), np.uint8)
         if self.factor == 1.0:
-            return self.backend.read(self.level, y, x, h, w)
+            return self._decode(y, x, h, w)
         lv = self.levels[self.level]
         ky, wy = _area_weights(y, h, self.factor, lv.height)
         kx, wx = _area_weights(x, w, self.factor, lv.width)
         sy0, sy1 = int(ky.min()), int(ky.max()) + 1
         sx0, sx1 = int(kx.min()), int(kx.max()) + 1
-        src = self.backend.read(self.level, sy0, sx0, sy1 - sy0, sx1 - sx0).astype(np.float32)
+        src = self._decode(sy0, sx0, sy1 - sy0, sx1 - sx0).astype(np.float32)
         rows = _resample_axis(src, ky, wy, sy0, axis=0)
         out = _resample_axis(rows, kx, wx, sx0, axis=1)
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    def _decode(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """The backend's pixels of this level's region; a decoder failure names the file, region and fix."""
+        try:
+            return self.backend.read(self.level, y, x, h, w)
+        except (InputError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - imagecodecs, tifffile, OpenSlide: any decoding error
+            raise InputError(
+                f"{self.path}: cannot decode level {self.level}, rows {y}..{y + h}, columns {x}..{x + w} "
+                f"({type(exc).__name__}: {exc}). The file is damaged or truncated (e.g. an interrupted copy or "
+                "export): copy or export it again, or remove it from slides.images."
+            ) from exc
 
     def thumbnail(self, max_size: int = 2048) -> tuple[np.ndarray, float]:
         """Low-resolution RGB of the whole slide, longest side at most ``max_size``.
