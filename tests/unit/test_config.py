@@ -385,3 +385,22 @@ def test_every_shipped_config_names_real_parameters():
         cfg = yaml.safe_load(path.read_text())
         if "models" in cfg and all(isinstance(m, dict) and "arch" in m for m in cfg["models"].values()):
             check_architectures(cfg)
+
+
+def test_image_and_mask_sizes_are_checked_for_test_images_too(tmp_path):
+    from histoflow.datasets import Dataset, check_sizes
+    from histoflow.io import image_size, write_image
+
+    write_image(tmp_path / "a.png", np.zeros((20, 30, 3), np.uint8))
+    write_image(tmp_path / "a_mask.tif", np.zeros((20, 30), np.uint16))
+    write_image(tmp_path / "b.png", np.zeros((20, 30, 3), np.uint8))
+    write_image(tmp_path / "b_mask.png", np.zeros((30, 20), np.uint8))
+    assert image_size(tmp_path / "a.png") == (20, 30) and image_size(tmp_path / "a_mask.tif") == (20, 30)
+    paths = {s: str(tmp_path / f"{s}.png") for s in "ab"}
+    masks = {"a": str(tmp_path / "a_mask.tif"), "b": str(tmp_path / "b_mask.png")}
+    check_sizes({"d": Dataset("d", {"a": paths["a"]}, {"a": masks["a"]}, "instance", ["a"], [])})
+    with pytest.raises(InputError, match=r"b_mask.png: mask is 30 x 20 but its test image .*b.png is 20 x 30"):
+        check_sizes({"d": Dataset("d", paths, masks, "instance", ["a"], ["b"])})
+    (tmp_path / "b_mask.png").write_bytes(b"")
+    with pytest.raises(InputError, match=r"b_mask.png: the file is empty"):
+        check_sizes({"d": Dataset("d", paths, masks, "instance", ["a"], ["b"])})

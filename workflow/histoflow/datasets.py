@@ -163,3 +163,32 @@ def check_classes(config: dict[str, Any]) -> None:
             target = (m.get(stage) or {}).get("target")
             if not classes and target == "classes":
                 raise InputError(f"models.{name}.{stage}.target is 'classes' but no `classes:` are configured.")
+
+
+def check_sizes(datasets: dict[str, Dataset], max_listed: int = 10) -> None:
+    """Every image and its mask, of training and test images alike, are readable and of one size.
+
+    Checked from the files' headers when the workflow is parsed, so a test image's bad mask stops the run before
+    training rather than at its evaluation. Raises :class:`histoflow.io.InputError` listing the first
+    ``max_listed`` problems, each naming both files.
+    """
+    from .io import InputError, image_size
+
+    problems = []
+    for d in datasets.values():
+        for stem in d.stems:
+            if stem not in d.masks or not Path(d.images[stem]).exists():  # a generated dataset not made yet
+                continue
+            try:
+                image, mask = image_size(d.images[stem]), image_size(d.masks[stem])
+            except InputError as exc:
+                problems.append(str(exc))
+                continue
+            if image != mask:
+                role = "test" if stem in d.test else "training"
+                problems.append(f"{d.masks[stem]}: mask is {mask[0]} x {mask[1]} but its {role} image "
+                                f"{d.images[stem]} is {image[0]} x {image[1]}; masks must have their image's size.")
+    if problems:
+        more = f"\n  ... and {len(problems) - max_listed} more" if len(problems) > max_listed else ""
+        raise InputError("datasets: " + str(len(problems)) + " image/mask problem(s):\n  "
+                         + "\n  ".join(problems[:max_listed]) + more)

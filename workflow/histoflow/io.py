@@ -121,6 +121,31 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return np.asarray(arr)
 
 
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(H, W)`` of an image from its header, without decoding the pixels; :class:`InputError` names the file.
+
+    TIFF through tifffile (the first page), everything else through Pillow.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found. Check the 'images'/'masks' paths in config.yaml.")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes), e.g. an interrupted copy or export. Copy or "
+                         "export it again, or remove it from the dataset folder.")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagelength), int(page.imagewidth)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return int(im.height), int(im.width)
+    except Exception as exc:  # noqa: BLE001 - any header error becomes a clear input error
+        raise InputError(f"{path}: cannot be read as an image ({exc}). Re-export it as PNG or TIFF, or remove "
+                         "it from the dataset folder.") from exc
+
+
 def read_rgb(path: str | os.PathLike[str], bit_depth: int | None = None) -> np.ndarray:
     """Read an image and convert it to ``uint8`` RGB ``(H, W, 3)`` (grey, RGBA, 16-bit handled).
 

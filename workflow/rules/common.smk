@@ -6,7 +6,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from histoflow.config import validate_config  # noqa: E402
 from histoflow.config import check_architectures, check_ensembles, check_models, check_names  # noqa: E402
-from histoflow.datasets import resolve_datasets  # noqa: E402
+from histoflow.datasets import check_sizes, resolve_datasets  # noqa: E402
 from histoflow.smk import one_of  # noqa: E402
 
 _full = validate_config(config)
@@ -17,6 +17,7 @@ check_architectures(config)
 
 RESULTS = config["results"]
 DATASETS = resolve_datasets(config)
+check_sizes(DATASETS)  # every image and mask, test images included, before any job
 MODELS = list(config["models"])
 PRETRAINED = [m for m in MODELS if config["models"][m].get("pretrain")]  # two-stage training
 ENSEMBLES = check_ensembles(config)
