@@ -94,6 +94,17 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
+def _existing_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, after checking it exists and is not empty (:class:`InputError` with the fix)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found. Check the 'images'/'masks' paths in config.yaml.")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes), e.g. an interrupted copy or export. Copy or "
+                         "export it again, or remove it from the dataset folder.")
+    return path
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as an array; raises :class:`InputError` naming the file on failure.
 
@@ -102,12 +113,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     np.ndarray
         ``(H, W)`` or ``(H, W, C)`` in the file's own dtype.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found. Check the 'images'/'masks' paths in config.yaml.")
-    if path.is_file() and path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty (0 bytes), e.g. an interrupted copy or export. Copy or "
-                         "export it again, or remove it from the dataset folder.")
+    path = _existing_file(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             arr = tifffile.imread(path)
@@ -126,12 +132,7 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
 
     TIFF through tifffile (the first page), everything else through Pillow.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found. Check the 'images'/'masks' paths in config.yaml.")
-    if path.is_file() and path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty (0 bytes), e.g. an interrupted copy or export. Copy or "
-                         "export it again, or remove it from the dataset folder.")
+    path = _existing_file(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             with tifffile.TiffFile(path) as tif:
