@@ -34,6 +34,7 @@ CONFIGS = {
     "monuseg.yaml": ("monuseg", ["monuseg_test"], ["mask_rcnn", "unet", "usnet"]),
     "isbi_em.yaml": ("isbi2012_em", ["isbi_em"], ["rescrnet", "unet"]),
     "seeds/usnet.yaml": ("monuseg", ["monuseg_test"], ["usnet"]),  # validated and dry-run; its full run is #22's
+    "seeds/glas_unet_maskrcnn.yaml": ("glas", ["glas_testA", "glas_testB"], ["mask_rcnn", "unet"]),
 }
 
 # Run end to end on a few images in CI: the CPU recipe stands in for config/glas.yaml, whose networks CI would
@@ -86,6 +87,12 @@ OVERRIDES = {
     "seeds/usnet.yaml": {
         "datasets": {"monuseg_train": {"limit": 3}, "monuseg_test": {"limit": 1}},
         "models": {"usnet": {"params": {"base_width": 4}, "train": TINY_TRAIN, "predict": TINY_PREDICT}},
+    },
+    "seeds/glas_unet_maskrcnn.yaml": {
+        "datasets": {"glas_train": {"limit": 3}, "glas_testA": {"limit": 1}, "glas_testB": {"limit": 1}},
+        "models": {"unet": {"params": {"base_width": 4, "depth": 2}, "train": TINY_TRAIN, "predict": TINY_PREDICT},
+                   "mask_rcnn": {"params": {"backbone": "resnet18"}, "train": {**TINY_TRAIN, "batch_size": 2},
+                                 "predict": TINY_PREDICT}},
     },
 }
 
