@@ -35,6 +35,7 @@ CONFIGS = {
     "isbi_em.yaml": ("isbi2012_em", ["isbi_em"], ["rescrnet", "unet"]),
     "seeds/usnet.yaml": ("monuseg", ["monuseg_test"], ["usnet"]),  # validated and dry-run; its full run is #22's
     "seeds/glas_unet_maskrcnn.yaml": ("glas", ["glas_testA", "glas_testB"], ["mask_rcnn", "unet"]),
+    "seeds/rescrnet.yaml": ("isbi2012_em", ["isbi_em"], ["rescrnet"]),
 }
 
 # Run end to end on a few images in CI: the CPU recipe stands in for config/glas.yaml, whose networks CI would
@@ -93,6 +94,10 @@ OVERRIDES = {
         "models": {"unet": {"params": {"base_width": 4, "depth": 2}, "train": TINY_TRAIN, "predict": TINY_PREDICT},
                    "mask_rcnn": {"params": {"backbone": "resnet18"}, "train": {**TINY_TRAIN, "batch_size": 2},
                                  "predict": TINY_PREDICT}},
+    },
+    "seeds/rescrnet.yaml": {
+        "datasets": {"isbi_em": {"limit": 4, "test_fraction": 0.25}},
+        "models": {"rescrnet": {"params": {"filters": 4, "n_conv": 1}, "train": TINY_TRAIN, "predict": TINY_PREDICT}},
     },
 }
 
