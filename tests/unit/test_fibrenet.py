@@ -58,7 +58,7 @@ def test_decoders_enlarge_step_by_step_from_before_each_pooling_stage():
     m = tiny()
     # decoder k sits at stride 2**k and climbs back with k learnable 2x deconvolutions
     for k, dec in enumerate(m.decoders):
-        ups = [layer for layer in dec if isinstance(layer, nn.ConvTranspose2d)]
+        ups = [layer for layer in dec.modules() if isinstance(layer, nn.ConvTranspose2d)]
         assert len(ups) == k and all(u.stride == (2, 2) and u.kernel_size == (2, 2) for u in ups)
     convs = [layer for layer in m.features if isinstance(layer, nn.Conv2d)]
     pools = [layer for layer in m.features if isinstance(layer, nn.MaxPool2d)]
@@ -70,7 +70,7 @@ def test_decoders_enlarge_step_by_step_from_before_each_pooling_stage():
 @pytest.mark.parametrize("size", [(37, 53), (31, 16)])
 def test_cross_decoders_read_the_finer_decoders_same_scale_maps(size):
     torch.manual_seed(0)
-    m = tiny(cross_decoders=True).train()
+    m = tiny().train()  # the default: the paper's connected decoders
     fused, sides = m(torch.rand(1, 3, *size))
     assert fused.shape[-2:] == size and all(s.shape[-2:] == size for s in sides)
     # decoder k's i-th step reads decoder k - 1's map of the same scale: twice the width into its 3x3 conv
@@ -80,7 +80,7 @@ def test_cross_decoders_read_the_finer_decoders_same_scale_maps(size):
     # the coarsest decoder's output now depends on the finest decoder's weights, through the chain of partners
     sides[4].sum().backward()
     assert m.decoders[0].first[0].weight.grad.abs().sum() > 0
-    independent = tiny().train()
+    independent = tiny(cross_decoders=False).train()
     independent(torch.rand(1, 3, *size))[1][4].sum().backward()
     assert independent.decoders[0][0].weight.grad is None  # independent decoders: no such path
 

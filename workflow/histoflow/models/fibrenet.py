@@ -106,9 +106,9 @@ class VGG16MultiDecoder(nn.Module):
         Standardise the ``[0, 1]`` RGB input with ImageNet's mean/std inside the model (what
         torchvision's VGG16 weights expect; harmless from scratch).
     cross_decoders:
-        ``True``: each decoder also reads the same-scale maps of the decoder one level finer
-        (:class:`CrossDecoder`, the paper's connections between decoders). ``False``: five independent
-        decoders.
+        ``True`` (default): each decoder also reads the same-scale maps of the decoder one level finer
+        (:class:`CrossDecoder`, the paper's connections between decoders; better on the fibre demo's validation
+        patches, ``config/ablations/fibre_cross_decoders.yaml``). ``False``: five independent decoders.
 
     Shapes
     ------
@@ -126,7 +126,7 @@ class VGG16MultiDecoder(nn.Module):
         batch_norm: bool = True,
         decoder_width: int = 32,
         imagenet_norm: bool = True,
-        cross_decoders: bool = False,
+        cross_decoders: bool = True,
     ) -> None:
         super().__init__()
         if base_width < 1 or decoder_width < 1:
