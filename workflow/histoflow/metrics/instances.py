@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .objects import ObjectMatch, match_objects
+from .objects import ObjectMatch, _relabel, match_objects
 
 
 def _pair_iou(m: ObjectMatch) -> tuple[np.ndarray, np.ndarray]:
@@ -173,12 +173,9 @@ def label_boxes(labels: np.ndarray) -> np.ndarray:
     """
     from scipy import ndimage
 
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
+    ids, index, _ = _relabel(np.asarray(labels))
     if ids.size == 0:
         return np.zeros((0, 4))
-    index = np.searchsorted(ids, labels) + 1
-    index[labels == 0] = 0
     return np.array([[sx.start, sy.start, sx.stop, sy.stop]
                      for sy, sx in ndimage.find_objects(index, max_label=ids.size)], np.float64)
 

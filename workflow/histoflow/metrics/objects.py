@@ -358,7 +358,6 @@ def _grown_box(box: tuple[slice, slice], radius: float, shape: tuple[int, ...]) 
 
 def _min_hausdorff_partners(
     lonely: np.ndarray,
-    seeds: dict[int, int],
     hausdorff,
     index: np.ndarray,
     boxes: list[tuple[slice, slice]],
@@ -371,15 +370,16 @@ def _min_hausdorff_partners(
     This is the GlaS organisers' rule (``ObjectHausdorff.m``) for an object that overlaps nothing: it is
     compared with every object of the other side and paired with the one whose Hausdorff distance to it is
     smallest (ties: smallest id). Exact, without computing all pairs: start from the nearest object
-    (``seeds``), whose distance ``h0`` bounds the answer. An object ``B`` with ``H(A, B) <= h0`` has every
-    pixel within ``h0`` of ``A``, so it lies wholly inside ``A``'s box grown by ``h0``; for those, the
-    distance transform of ``A`` gives the lower bound ``max(max_B d_A, min_B d_A) <= H(A, B)``, and exact
-    distances are computed in order of that bound until it exceeds the best found.
+    (:func:`_nearest_partners`), whose distance ``h0`` bounds the answer. An object ``B`` with
+    ``H(A, B) <= h0`` has every pixel within ``h0`` of ``A``, so it lies wholly inside ``A``'s box grown by
+    ``h0``; for those, the distance transform of ``A`` gives the lower bound ``max(max_B d_A, min_B d_A) <=
+    H(A, B)``, and exact distances are computed in order of that bound until it exceeds the best found.
 
     ``hausdorff(k, j)`` is the exact distance between lonely object ``k`` and other-side object ``j``.
     """
     out: dict[int, int] = {}
     shape = index.shape
+    seeds = _nearest_partners(index, boxes, lonely, other_index, other_ids)
     for k in lonely.tolist():
         best_j = seeds[k]
         best_h = hausdorff(k, best_j)
@@ -442,17 +442,14 @@ def _object_hausdorff_terms(m: ObjectMatch) -> tuple[float, float]:
         return cache[key]
 
     gt_partner = m.gt_best.copy()
-    lonely = np.flatnonzero(gt_partner < 0)
-    seeds = _nearest_partners(m.gt_index, gt_boxes, lonely, m.pred_index, m.pred_ids)
     for gi, pj in _min_hausdorff_partners(
-        lonely, seeds, hausdorff, m.gt_index, gt_boxes, m.pred_index, pred_boxes, m.pred_ids
+        np.flatnonzero(gt_partner < 0), hausdorff, m.gt_index, gt_boxes, m.pred_index, pred_boxes, m.pred_ids
     ).items():
         gt_partner[gi] = pj
     pred_partner = m.pred_best.copy()
-    lonely = np.flatnonzero(pred_partner < 0)
-    seeds = _nearest_partners(m.pred_index, pred_boxes, lonely, m.gt_index, m.gt_ids)
     for pj, gi in _min_hausdorff_partners(
-        lonely, seeds, lambda pj, gi: hausdorff(gi, pj), m.pred_index, pred_boxes, m.gt_index, gt_boxes, m.gt_ids
+        np.flatnonzero(pred_partner < 0), lambda pj, gi: hausdorff(gi, pj), m.pred_index, pred_boxes, m.gt_index,
+        gt_boxes, m.gt_ids
     ).items():
         pred_partner[pj] = gi
 
