@@ -212,17 +212,12 @@ def check_names(config: dict[str, Any]) -> None:
     with a dot (a ``/`` would make a sub-folder, a space breaks shell commands). Raises :class:`ConfigError`
     naming every offending key.
     """
-    errors = []
-    for section in ("models", "ensembles", "datasets", "volumes", "volume_models"):
-        for name in config.get(section) or {}:
-            if not _NAME.fullmatch(str(name)):
-                errors.append(f"  {section}.{name}: {name!r} cannot be a folder and wildcard name; use "
-                              f"{NAME_CHARACTERS} only (not starting with a dot)")
     slides = (config.get("slides") or {}).get("images")
-    for name in slides if isinstance(slides, dict) else []:
-        if not _NAME.fullmatch(str(name)):
-            errors.append(f"  slides.images.{name}: {name!r} cannot be a folder and wildcard name; use "
-                          f"{NAME_CHARACTERS} only (not starting with a dot)")
+    sections = {key: config.get(key) or {} for key in ("models", "ensembles", "datasets", "volumes", "volume_models")}
+    sections["slides.images"] = slides if isinstance(slides, dict) else {}
+    errors = [f"  {key}.{name}: {name!r} cannot be a folder and wildcard name; use {NAME_CHARACTERS} only (not "
+              "starting with a dot)" for key, names in sections.items() for name in names
+              if not _NAME.fullmatch(str(name))]
     if errors:
         raise ConfigError("config.yaml is invalid:\n" + "\n".join(errors))
 
