@@ -355,7 +355,7 @@ def extract_dataset_patches(
     With ``classes`` (a multi-class workflow) the masks are class masks; their per-class components
     are the instance labels behind the boundary and contour-aware weight maps.
     """
-    from .io import read_rgb
+    from .io import image_size, read_rgb
     from .resample import resize_image, resize_labels, working_shape
     from .semantic import class_instances, read_truth
 
@@ -394,10 +394,7 @@ def extract_dataset_patches(
 
     # Validation always uses the grid, so its score does not depend on random crops.
     def shapes(items: list[tuple[str, str]]) -> list[tuple[int, int]]:
-        import imageio.v3 as iio
-
-        return [working_shape(iio.improps(Path(normalized_dirs[n]) / f"{s}.png").shape, scale, long_side)
-                for n, s in items]
+        return [working_shape(image_size(Path(normalized_dirs[n]) / f"{s}.png"), scale, long_side) for n, s in items]
 
     n_planned = (count_patches(shapes(roles["train"]), patches, patches["mode"])
                  + count_patches(shapes(roles["val"]), patches, "grid"))
