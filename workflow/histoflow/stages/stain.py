@@ -6,15 +6,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..io import PathLike, read_json, read_rgb, write_image, write_json
+import numpy as np
+
+from ..io import PathLike, read_image, read_json, read_rgb, write_image, write_json
 
 log = logging.getLogger(__name__)
 
 def run_fit_stain(target_image: PathLike, method: str, kwargs: dict[str, Any], out_json: PathLike) -> None:
-    from ..stain import get_normalizer, save_normalizer
+    from ..stain import get_normalizer, save_normalizer, to_rgb_uint8
+    from ..stain.colour import bit_depth_of
 
-    depth = dataset_bit_depth({"target": str(target_image)}, "auto")["bit_depth"]
-    norm = get_normalizer(method, **kwargs).fit(read_rgb(target_image, depth))
+    image = read_image(target_image)  # a 16-bit target is read with its own significant bits (dataset_bit_depth)
+    depth = bit_depth_of(int(image.max())) if image.dtype == np.uint16 else None
+    norm = get_normalizer(method, **kwargs).fit(to_rgb_uint8(image, name=str(target_image), bit_depth=depth))
     save_normalizer(norm, out_json)
     d = read_json(out_json)
     d["target_image"] = str(target_image)
@@ -29,7 +33,6 @@ def dataset_bit_depth(images: dict[str, str], declared: int | str = "auto") -> d
     ``bit_depth``) wins; ``auto`` takes the smallest standard depth holding the brightest value of all the
     images (one depth for the whole dataset, so images keep their relative brightness).
     """
-    from ..io import read_image
     from ..stain.colour import bit_depth_of
 
     first = read_image(next(iter(images.values())))
@@ -39,7 +42,9 @@ def dataset_bit_depth(images: dict[str, str], declared: int | str = "auto") -> d
     if declared != "auto":
         info["bit_depth"] = int(declared)
         return info
-    top = max(int(read_image(p).max()) for p in images.values())
+    paths = iter(images.values())
+    next(paths)  # the first image is read already
+    top = max([int(first.max())] + [int(read_image(p).max()) for p in paths])
     info.update(max=top, bit_depth=bit_depth_of(top))
     return info
 
