@@ -31,16 +31,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _act(c: int, norm: bool) -> list[nn.Module]:
+    """Batch norm (when ``norm``) and ReLU after a convolution of ``c`` channels."""
+    return ([nn.BatchNorm2d(c)] if norm else []) + [nn.ReLU(inplace=True)]
+
+
 def _decoder(cin: int, width: int, steps: int, out_channels: int, norm: bool) -> nn.Sequential:
     """3×3 conv, then ``steps`` × (2× transposed conv, 3×3 conv), then a 1×1 classifier."""
-
-    def act(c: int) -> list[nn.Module]:
-        return ([nn.BatchNorm2d(c)] if norm else []) + [nn.ReLU(inplace=True)]
-
-    layers: list[nn.Module] = [nn.Conv2d(cin, width, 3, padding=1, bias=not norm), *act(width)]
+    layers: list[nn.Module] = [nn.Conv2d(cin, width, 3, padding=1, bias=not norm), *_act(width, norm)]
     for _ in range(steps):
-        layers += [nn.ConvTranspose2d(width, width, 2, stride=2, bias=not norm), *act(width)]
-        layers += [nn.Conv2d(width, width, 3, padding=1, bias=not norm), *act(width)]
+        layers += [nn.ConvTranspose2d(width, width, 2, stride=2, bias=not norm), *_act(width, norm)]
+        layers += [nn.Conv2d(width, width, 3, padding=1, bias=not norm), *_act(width, norm)]
     layers.append(nn.Conv2d(width, out_channels, 1))
     return nn.Sequential(*layers)
 
@@ -56,18 +57,14 @@ class CrossDecoder(nn.Module):
 
     def __init__(self, cin: int, width: int, steps: int, out_channels: int, norm: bool, partner: bool) -> None:
         super().__init__()
-
-        def act(c: int) -> list[nn.Module]:
-            return ([nn.BatchNorm2d(c)] if norm else []) + [nn.ReLU(inplace=True)]
-
-        self.first = nn.Sequential(nn.Conv2d(cin, width, 3, padding=1, bias=not norm), *act(width))
+        self.first = nn.Sequential(nn.Conv2d(cin, width, 3, padding=1, bias=not norm), *_act(width, norm))
         self.ups = nn.ModuleList(
-            nn.Sequential(nn.ConvTranspose2d(width, width, 2, stride=2, bias=not norm), *act(width))
+            nn.Sequential(nn.ConvTranspose2d(width, width, 2, stride=2, bias=not norm), *_act(width, norm))
             for _ in range(steps)
         )
         extra = width if partner else 0
         self.convs = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(width + extra, width, 3, padding=1, bias=not norm), *act(width))
+            nn.Sequential(nn.Conv2d(width + extra, width, 3, padding=1, bias=not norm), *_act(width, norm))
             for _ in range(steps)
         )
         self.head = nn.Conv2d(width, out_channels, 1)
