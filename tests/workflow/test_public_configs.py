@@ -1,5 +1,5 @@
-"""The public-benchmark configs (config/glas.yaml, glas_cpu.yaml, monuseg.yaml, isbi_em.yaml, seeds/usnet.yaml) against
-the real data.
+"""The public-benchmark configs (config/glas.yaml, monuseg.yaml, isbi_em.yaml, their CPU recipes glas_cpu.yaml,
+monuseg_cpu.yaml, isbi_em_cpu.yaml, and the seed configs) against the real data.
 
 Always: each config validates against the schema and follows the benchmark protocol (test datasets
 are only ever test, references name test datasets). With ``../shared/datasets/<set>`` beside the
@@ -32,15 +32,18 @@ CONFIGS = {
     "glas.yaml": ("glas", ["glas_testA", "glas_testB"], ["unet", "vgg16_mdn"]),
     "glas_cpu.yaml": ("glas", ["glas_testA", "glas_testB"], ["unet"]),
     "monuseg.yaml": ("monuseg", ["monuseg_test"], ["mask_rcnn", "unet", "usnet"]),
+    "monuseg_cpu.yaml": ("monuseg", ["monuseg_test"], ["unet"]),
     "isbi_em.yaml": ("isbi2012_em", ["isbi_em"], ["rescrnet", "unet"]),
+    "isbi_em_cpu.yaml": ("isbi2012_em", ["isbi_em"], ["rescrnet", "unet"]),
     "seeds/usnet.yaml": ("monuseg", ["monuseg_test"], ["usnet"]),  # validated and dry-run; its full run is #22's
     "seeds/glas_unet_maskrcnn.yaml": ("glas", ["glas_testA", "glas_testB"], ["mask_rcnn", "unet"]),
     "seeds/rescrnet.yaml": ("isbi2012_em", ["isbi_em"], ["rescrnet"]),
 }
 
-# Run end to end on a few images in CI: the CPU recipe stands in for config/glas.yaml, whose networks CI would
-# shrink to the same tiny U-Net (its vgg16_mdn two-stage path runs in tests/workflow/test_workflow.py).
-REAL_RUNS = ["glas_cpu.yaml", "isbi_em.yaml", "monuseg.yaml"]
+# Run end to end on a few images in CI: the CPU recipes, which CI shrinks to tiny networks, stand in for
+# config/glas.yaml and config/isbi_em.yaml (same models; glas.yaml's vgg16_mdn two-stage path runs in
+# tests/workflow/test_workflow.py); monuseg.yaml runs as well for its two instance models and their vote.
+REAL_RUNS = ["glas_cpu.yaml", "isbi_em_cpu.yaml", "monuseg.yaml", "monuseg_cpu.yaml"]
 
 TINY_TRAIN = {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4, "warmup_epochs": 0}
 TINY_PREDICT = {"tile": 256, "overlap": 32, "batch_size": 4}
@@ -75,6 +78,23 @@ OVERRIDES = {
                    "mask_rcnn": {"params": {"backbone": "resnet18", "detections_per_image": 30},
                                  "train": {**TINY_TRAIN, "batch_size": 2, "lr": 0.001},
                                  "predict": {**TINY_PREDICT, "score_threshold": 0.5}}},
+    },
+    "monuseg_cpu.yaml": {
+        # monuseg_val: its first stem only (TCGA-21-5786, also one of the 3 training images kept here)
+        "datasets": {"monuseg_train": {"limit": 3}, "monuseg_val": {"limit": 1}, "monuseg_test": {"limit": 1}},
+        "patches": {"size": 256, "per_image": 4, "overlap": 0},
+        "models": {"unet": {"params": {"base_width": 4, "depth": 2}, "train": {**TINY_TRAIN, "epochs": 5},
+                            "predict": TINY_PREDICT}},
+    },
+    "isbi_em_cpu.yaml": {
+        # isbi_val: slice_06 only, not among the 4 slices kept here
+        "datasets": {"isbi_em": {"limit": 4, "test_fraction": 0.25}, "isbi_val": {"limit": 1}},
+        "patches": {"size": 128, "per_image": 2},
+        "models": {
+            "rescrnet": {"params": {"filters": 4, "n_conv": 1, "n_lstm": 1, "lstm_hidden": 2},
+                         "train": TINY_TRAIN, "predict": TINY_PREDICT},
+            "unet": {"params": {"base_width": 4, "depth": 2}, "train": TINY_TRAIN, "predict": TINY_PREDICT},
+        },
     },
     "isbi_em.yaml": {
         "datasets": {"isbi_em": {"limit": 4, "test_fraction": 0.25}},
