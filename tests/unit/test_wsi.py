@@ -495,6 +495,8 @@ def test_probability_pyramid_opens_in_openslide(tmp_path):
     wsi.write_ome_pyramid(prob, path, mpp=0.25, tile=128, min_size=100)
     osr = openslide.OpenSlide(str(path))
     assert osr.dimensions == (260, 300)
+    # OpenSlide sees level 0 only, not the SubIFD pyramid (3 levels here): what the README says it sees
+    assert osr.level_count == 1
     assert float(osr.properties["openslide.mpp-x"]) == pytest.approx(0.25)
     region = np.asarray(osr.read_region((10, 20), 0, (50, 40)))[..., 0]
     np.testing.assert_array_equal(region, np.rint(prob[20:60, 10:60] * 255).astype(np.uint8))

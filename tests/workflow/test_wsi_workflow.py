@@ -49,12 +49,28 @@ def slides_config(**changes) -> dict:
     return cfg
 
 
+def check_ngff(store: Path, axes: list[str], mpp: float) -> list:
+    """The store opens in ome-zarr as an NGFF image (a label image for labels) with nothing foreign inside."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Multiscales, Reader
+
+    nodes = list(Reader(parse_url(str(store)))())
+    node = nodes[-1] if axes == ["y", "x"] else nodes[0]  # a label image's source image is read first
+    assert any(isinstance(s, Label if axes == ["y", "x"] else Multiscales) for s in node.specs)
+    assert [a["name"] for a in node.metadata["axes"]] == axes
+    assert node.metadata["coordinateTransformations"][0][0]["scale"][-2:] == [mpp, mpp]
+    assert all(p.name in ("zarr.json", ".zgroup", ".zattrs") or p.name.isdigit() for p in store.iterdir()), \
+        sorted(p.name for p in store.iterdir())  # no .snakemake_timestamp: the rules name the store by its root file
+    return node.data
+
+
 def check_outputs(folder: Path, shape: tuple[int, int], mpp: float, downsample: float) -> dict:
     """Read every output of slide_outputs back; returns the summary."""
     import jsonschema
 
     summary = json.loads((folder / "summary.json").read_text())
-    prob = np.asarray(wsi.open_group(folder / "probability.zarr")["prob"][0])
+    prob_levels = check_ngff(folder / "probability.zarr", ["c", "y", "x"], mpp)
+    prob = np.asarray(prob_levels[0][0])
     assert prob.shape == shape and prob.dtype == np.float32
     with tifffile.TiffFile(folder / "probability.ome.tif") as tf:
         assert tf.is_ome and tf.pages[0].is_tiled
@@ -64,8 +80,10 @@ def check_outputs(folder: Path, shape: tuple[int, int], mpp: float, downsample: 
         np.testing.assert_array_equal(levels[0].asarray(), np.rint(np.clip(prob, 0, 1) * 255).astype(np.uint8))
         pixels = tifffile.xml2dict(tf.ome_metadata)["OME"]["Image"]["Pixels"]
         assert float(pixels["PhysicalSizeX"]) == pytest.approx(mpp) and pixels["PhysicalSizeXUnit"] == "µm"
-    labels = np.asarray(wsi.open_group(folder / "labels.zarr")["labels"][:])
+    label_levels = check_ngff(folder / "labels.zarr", ["y", "x"], mpp)
+    labels = np.asarray(label_levels[0])
     with tifffile.TiffFile(folder / "labels.ome.tif") as tf:
+        assert len(tf.series[0].levels) == len(label_levels)
         np.testing.assert_array_equal(tf.series[0].levels[0].asarray(), labels)
     try:
         import openslide
@@ -143,7 +161,7 @@ def test_pipeline_functions_regions_merge_to_the_single_job(tmp_path):
     one = {**slides, "regions": 1}
     run_predict_slide_region(slide, tmp_path / "t/tissue.json", tmp_path / "model", tmp_path / "stain.json",
                              one, {"tta": "none"}, 0, "cpu", perf, tmp_path / "single.zarr")
-    merged = np.asarray(wsi.open_group(out / "probability.zarr")["prob"][:])
+    merged = np.asarray(wsi.open_group(out / "probability.zarr")[wsi.LEVEL0][:])
     np.testing.assert_array_equal(merged, np.asarray(wsi.open_group(tmp_path / "single.zarr")["prob"][:]))
     files = {k: out / v for k, v in (("probability", "probability.ome.tif"), ("labels", "labels.ome.tif"),
                                      ("labels_zarr", "labels.zarr"), ("objects", "objects.geojson"),
@@ -173,7 +191,7 @@ def test_an_instance_model_runs_on_a_slide_through_its_merge_map(tmp_path):
                              predict, 0, "cpu", {"batch_size": 2, "workers": 0, "compile": False},
                              tmp_path / "r.zarr")
     run_merge_slide([tmp_path / "r.zarr"], tmp_path / "out/probability.zarr")
-    prob = np.asarray(wsi.open_group(tmp_path / "out/probability.zarr")["prob"][:])
+    prob = np.asarray(wsi.open_group(tmp_path / "out/probability.zarr")[wsi.LEVEL0][:])
     assert 0 <= prob.min() and prob.max() <= 1 and prob.max() > 0.3  # 5 detections a tile, masks about 0.5
     files = {k: tmp_path / "out" / v for k, v in (("probability", "probability.ome.tif"), ("labels", "labels.ome.tif"),
                                                  ("labels_zarr", "labels.zarr"), ("objects", "objects.geojson"),
@@ -264,7 +282,7 @@ def test_slide_workflow_outputs_read_back(slide_run):
                {"batch_size": slides["batch_size"], "workers": 1}, slide_run / "single.zarr")
     finally:
         torch.set_num_threads(threads)
-    np.testing.assert_array_equal(np.asarray(wsi.open_group(folder / "probability.zarr")["prob"][:]),
+    np.testing.assert_array_equal(np.asarray(wsi.open_group(folder / "probability.zarr")[wsi.LEVEL0][:]),
                                   np.asarray(wsi.open_group(slide_run / "single.zarr")["prob"][:]))
 
 

@@ -58,14 +58,16 @@ rule predict_slide_region:
 
 
 rule merge_slide:
-    """The regions' row bands concatenated into the slide's probability map (zarr, float32)."""
+    """The regions' row bands concatenated into the slide's probability map (OME-NGFF zarr image, float32)."""
     wildcard_constraints:
         model=one_of(MODELS),
         **_SLIDE_WILDCARDS,
     input:
         slide_region_stores,
     output:
-        directory(f"{SLIDE_DIR}/probability.zarr"),
+        f"{SLIDE_DIR}/probability.zarr/{ZARR_ROOT}",  # the store by its root file: no timestamp file inside
+    params:
+        store=f"{SLIDE_DIR}/probability.zarr",
     log:
         f"{RESULTS}/logs/merge_slide/{{model}}/{{slide}}.log",
     benchmark:
@@ -78,17 +80,20 @@ rule merge_slide:
 
 
 rule slide_outputs:
-    """Pyramidal OME-TIFFs (probability, instance labels), objects as QuPath GeoJSON, summary."""
+    """Pyramidal OME-TIFFs (probability, instance labels), the labels as an OME-NGFF label image, objects as
+    QuPath GeoJSON, summary."""
     wildcard_constraints:
         model=one_of(MODELS),
         **_SLIDE_WILDCARDS,
     input:
-        prob=f"{SLIDE_DIR}/probability.zarr",
+        prob=f"{SLIDE_DIR}/probability.zarr/{ZARR_ROOT}",
         spec=f"{RESULTS}/models/{{model}}/spec.json",
     output:
         **{k: v for k, v in slide_output_files("{model}", "{slide}").items()},
-        **({"labels_zarr": directory(f"{SLIDE_DIR}/labels.zarr")} if config["slides"]["outputs"]["instances"] else {}),
+        **({"labels_zarr": f"{SLIDE_DIR}/labels.zarr/{ZARR_ROOT}"} if config["slides"]["outputs"]["instances"] else {}),
     params:
+        prob_store=f"{SLIDE_DIR}/probability.zarr",
+        labels_store=f"{SLIDE_DIR}/labels.zarr",
         slides=slide_params("instances", "outputs"),
         postprocess=config["postprocess"],
         classification=config["export"]["classification"],

@@ -1,7 +1,7 @@
 # Whole slides: the slides of the config, their checks, and the input functions of workflow/rules/wsi.smk.
 
 from histoflow.config import ConfigError  # noqa: E402
-from histoflow.wsi import find_slides  # noqa: E402
+from histoflow.wsi import find_slides, root_file  # noqa: E402
 
 
 def _slides_setup():
@@ -21,6 +21,7 @@ def _slides_setup():
 
 
 SLIDES, SLIDE_MODEL = _slides_setup()
+ZARR_ROOT = root_file()  # user-facing zarr stores are outputs by their root metadata file
 SLIDE_DIR = f"{RESULTS}/slides/{{slide}}/{{model}}"
 _SLIDE_WILDCARDS = {"slide": one_of(list(SLIDES)), "region": r"\d+"}
 

@@ -6,6 +6,7 @@ from histoflow.smk import run_logged  # noqa: E402
 from histoflow.stages.wsi import run_slide_outputs  # noqa: E402
 
 run_logged(snakemake, lambda: run_slide_outputs(
-    snakemake.input.prob, snakemake.input.spec, snakemake.params.postprocess, snakemake.config["slides"],
-    snakemake.params.classification, dict(snakemake.output.items()),
+    snakemake.params.prob_store, snakemake.input.spec, snakemake.params.postprocess, snakemake.config["slides"],
+    snakemake.params.classification,
+    {**dict(snakemake.output.items()), "labels_zarr": snakemake.params.labels_store},
 ))

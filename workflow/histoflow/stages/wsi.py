@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -178,14 +179,24 @@ def instance_slide_predictor(model, spec: dict[str, Any], predict: dict[str, Any
     return merge_map_predictor(detect, score, predict.get("nms_iou", 0.5), predict.get("mask_threshold", 0.3))
 
 
+def probability_channels(k_ch: int) -> list[str]:
+    """The channel names of a ``(K, H, W)`` probability map (one channel: ``probability``)."""
+    return ["probability"] if k_ch == 1 else [f"probability {k}" for k in range(k_ch)]
+
+
 def run_merge_slide(region_stores: list[PathLike], out_store: PathLike) -> dict[str, Any]:
-    """Concatenate the regions' row bands into the slide's probability store."""
+    """The regions' row bands concatenated into the slide's probability map, an OME-NGFF image store."""
     from ..io import atomic_dir
-    from ..wsi import merge_regions
+    from ..wsi import LEVEL0, merge_regions, open_group, write_ngff
 
     with atomic_dir(out_store) as tmp:
         stats = merge_regions(region_stores, tmp)
-    log.info("merged %d regions: %d tiles run", len(region_stores), stats["tiles_run"])
+        group = open_group(tmp, "r+")
+        slide = dict(group.attrs)["slide"]
+        levels = write_ngff(group, kind="prob", mpp=slide.get("mpp"), name=f"{Path(slide['path']).stem} probability",
+                            channel_names=probability_channels(group[LEVEL0].shape[0]))
+    log.info("merged %d regions: %d tiles run; %d resolution levels", len(region_stores), stats["tiles_run"],
+             len(levels))
     return stats
 
 
@@ -195,27 +206,37 @@ def run_slide_outputs(
 ) -> dict[str, Any]:
     """Pyramidal OME-TIFF of the probability map, optionally the instances, and ``summary.json``.
 
-    With ``slides.outputs.instances``, also instance labels (zarr + pyramidal OME-TIFF) and the objects as QuPath
-    GeoJSON.
+    With ``slides.outputs.instances``, also instance labels (an OME-NGFF label image in zarr and a pyramidal
+    OME-TIFF, sharing their resolution levels) and the objects as QuPath GeoJSON. The probability TIFF's
+    sub-resolutions are the NGFF store's own levels (:func:`run_merge_slide`), not computed again.
 
-    ``out``: paths ``probability``, ``summary`` and (with instances) ``labels``, ``labels_zarr``,
-    ``objects``.
+    ``out``: paths ``probability``, ``summary`` and (with instances) ``labels``, ``labels_zarr`` (the store
+    itself), ``objects``.
     """
     from ..io import atomic_dir
     from ..postprocess import PostprocessConfig, default_threshold
-    from ..wsi import CHUNK, create_array, open_group, slide_instances, write_ome_pyramid
+    from ..wsi import (
+        CHUNK,
+        LEVEL0,
+        create_array,
+        image_levels,
+        open_group,
+        slide_instances,
+        write_ngff,
+        write_ome_pyramid,
+    )
 
     t0 = time.perf_counter()
     group = open_group(prob_store, "r")
     attrs = dict(group.attrs)
-    prob = group["prob"]
+    prob_levels = image_levels(group)
+    prob = prob_levels[0]
     slide = attrs["slide"]
     mpp = slide.get("mpp")
     outputs = slides["outputs"]
-    k_ch = prob.shape[0]
-    names = ["probability"] if k_ch == 1 else [f"probability {k}" for k in range(k_ch)]
     dtype = np.uint8 if outputs["prob_dtype"] == "uint8" else np.float32
-    levels = write_ome_pyramid(prob, out["probability"], kind="prob", mpp=mpp, dtype=dtype, channel_names=names)
+    levels = write_ome_pyramid(prob, out["probability"], kind="prob", mpp=mpp, dtype=dtype,
+                               channel_names=probability_channels(prob.shape[0]), levels=prob_levels)
     summary: dict[str, Any] = {
         "slide": slide, "model": attrs.get("model"), "inference": attrs.get("stats"),
         "probability": {"path": str(out["probability"]), "levels": levels, "dtype": np.dtype(dtype).name},
@@ -227,18 +248,20 @@ def run_slide_outputs(
         icfg = slides["instances"]
         with atomic_dir(out["labels_zarr"]) as tmp:
             lgroup = open_group(tmp, "w")
-            labels = create_array(lgroup, "labels", tuple(prob.shape[-2:]), (CHUNK, CHUNK), np.uint32)
+            labels = create_array(lgroup, LEVEL0, tuple(prob.shape[-2:]), (CHUNK, CHUNK), np.uint32, ("y", "x"))
             stats = slide_instances(
                 prob, labels, out["objects"], threshold=threshold, postprocess_cfg=pp, block=icfg["block"],
                 margin=icfg["margin"], channel=icfg["channel"], mpp=mpp, downsample=slide.get("downsample", 1.0),
                 classification=classification,
             )
             lgroup.attrs.update({"slide": slide, "threshold": threshold, "stats": stats})
-            label_levels = write_ome_pyramid(labels, out["labels"], kind="labels", mpp=mpp)
+            label_levels = write_ngff(lgroup, kind="labels", mpp=mpp, name=f"{Path(slide['path']).stem} instances",
+                                      source=os.path.relpath(prob_store, out["labels_zarr"]))
+            label_shapes = write_ome_pyramid(labels, out["labels"], kind="labels", mpp=mpp, levels=label_levels)
         if stats["truncated"]:
             log.warning("%d objects reached the edge of their block's margin (%d px): they may be cut; raise "
                         "slides.instances.margin", stats["truncated"], icfg["margin"])
-        summary["instances"] = {**stats, "threshold": threshold, "levels": label_levels}
+        summary["instances"] = {**stats, "threshold": threshold, "levels": label_shapes}
         if mpp:
             summary["instances"]["foreground_area_um2"] = stats["foreground_pixels"] * mpp * mpp
     inf = attrs.get("stats") or {}

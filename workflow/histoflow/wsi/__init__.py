@@ -46,6 +46,7 @@ from .inference import (
     predict_slide,
     split_regions,
 )
+from .ngff import LEVEL0, image_levels, write_ngff
 from .outputs import slide_instances, write_ome_pyramid
 from .reader import (
     IMAGE_SUFFIXES,
@@ -58,7 +59,7 @@ from .reader import (
     find_slides,
     open_slide,
 )
-from .store import CHUNK, create_array, open_group
+from .store import CHUNK, create_array, open_group, root_file
 from .tissue import (
     TISSUE_THRESHOLD_RANGE,
     TissueMask,
@@ -70,6 +71,7 @@ from .tissue import (
 
 __all__ = [
     "CHUNK",
+    "LEVEL0",
     "IMAGE_SUFFIXES",
     "MPP_TOLERANCE",
     "OPENSLIDE_SUFFIXES",
@@ -85,6 +87,7 @@ __all__ = [
     "create_array",
     "detect_tissue",
     "find_slides",
+    "image_levels",
     "limit_malloc_retention",
     "merge_regions",
     "open_group",
@@ -92,9 +95,11 @@ __all__ = [
     "optical_density",
     "plan_grid",
     "predict_slide",
+    "root_file",
     "saturation",
     "slide_instances",
     "split_regions",
     "tissue_mask",
+    "write_ngff",
     "write_ome_pyramid",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..io import PathLike
+from .ngff import LEVEL0, dimension_names
 from .reader import Slide
 from .store import _FLUSH_COLS, CHUNK, _Writer, create_array, open_group
 from .tissue import TissueMask
@@ -457,7 +458,8 @@ def merge_regions(region_stores: Sequence[PathLike], out: PathLike) -> dict[str,
     """Concatenate the row bands of region stores (in any order) into one store ``out``.
 
     Each region finished its own rows completely, so this is a copy (chunk row by chunk row,
-    bounded memory) and the result equals a single job's bit for bit.
+    bounded memory) and the result, array :data:`~histoflow.wsi.ngff.LEVEL0` of ``out`` (the level 0 of
+    an NGFF image, :func:`histoflow.wsi.ngff.write_ngff`), equals a single job's ``prob`` bit for bit.
 
     Raises
     ------
@@ -483,7 +485,7 @@ def merge_regions(region_stores: Sequence[PathLike], out: PathLike) -> dict[str,
     if pos != h:
         raise ValueError(f"regions end at row {pos}, the slide has {h} rows")
     target = open_group(out, "w")
-    prob = create_array(target, "prob", (k_ch, h, w), (1, CHUNK, CHUNK), np.float32)
+    prob = create_array(target, LEVEL0, (k_ch, h, w), (1, CHUNK, CHUNK), np.float32, dimension_names(True))
     spans = [(meta[k]["rows"][0], meta[k]["rows"][1], groups[k]["prob"]) for k in order]
     for r0 in range(0, h, CHUNK):
         r1 = min(r0 + CHUNK, h)

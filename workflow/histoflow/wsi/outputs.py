@@ -15,25 +15,10 @@ from typing import Any
 import numpy as np
 
 from ..io import PathLike, atomic_path
-from .store import CHUNK, create_array, open_group
+from .ngff import build_levels, level_shapes
+from .store import open_group
 
 log = logging.getLogger(__name__)
-
-def _levels_shapes(h: int, w: int, min_size: int) -> list[tuple[int, int]]:
-    shapes = [(h, w)]
-    while max(shapes[-1]) > min_size:
-        ph, pw = shapes[-1]
-        shapes.append((max(ph // 2, 1), max(pw // 2, 1)))
-    return shapes
-
-
-def _reduce2(block: np.ndarray, kind: str) -> np.ndarray:
-    """Halve the last two axes: 2x2 mean (probabilities) or top-left sample (labels)."""
-    hh, ww = block.shape[-2] // 2, block.shape[-1] // 2
-    if kind == "labels":
-        return block[..., : 2 * hh : 2, : 2 * ww : 2]
-    b = block[..., : 2 * hh, : 2 * ww].astype(np.float32)
-    return (b[..., 0::2, 0::2] + b[..., 1::2, 0::2] + b[..., 0::2, 1::2] + b[..., 1::2, 1::2]) * np.float32(0.25)
 
 
 def write_ome_pyramid(
@@ -47,6 +32,7 @@ def write_ome_pyramid(
     min_size: int = 1024,
     channel_names: Sequence[str] | None = None,
     compression: str = "zlib",
+    levels: Sequence[Any] | None = None,
 ) -> list[tuple[int, int]]:
     """Write a 2-D or ``(K, H, W)`` array (zarr or NumPy) as a tiled pyramidal OME-TIFF, tile by tile.
 
@@ -58,8 +44,9 @@ def write_ome_pyramid(
     OME-TIFF pyramids (OpenSlide reads level 0 of it). The physical pixel size goes into the
     OME-XML (``PhysicalSizeX/Y`` in µm) and the TIFF resolution tags (pixels per cm).
     Probabilities are written as ``uint8`` (0..255 = 0..1, rounded) by default, or as ``dtype``.
-    Sub-levels are built in a temporary zarr store beside ``path``; nothing holds a whole level in
-    memory. Written atomically.
+    ``levels``: the sub-resolutions already made (an NGFF store's levels, :func:`histoflow.wsi.ngff.build_levels`,
+    ``source`` first); otherwise they are built in a temporary zarr store beside ``path``. Nothing holds a
+    whole level in memory. Written atomically.
 
     Returns
     -------
@@ -90,24 +77,16 @@ def write_ome_pyramid(
             return np.rint(np.clip(block, 0, 1) * 255).astype(np.uint8)
         return block.astype(out_dtype, copy=False)
 
-    shapes = _levels_shapes(h, w, min_size)
+    shapes = level_shapes(h, w, min_size)
+    if levels is not None and [tuple(a.shape[-2:]) for a in levels] != shapes:
+        raise ValueError(f"levels of shapes {[tuple(a.shape[-2:]) for a in levels]} are not the halvings of "
+                         f"{(h, w)} down to {min_size} px: {shapes}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".pyramid-") as tmpdir:
-        readers = [as_3d(source)]
-        if len(shapes) > 1:
-            group = open_group(Path(tmpdir) / "levels.zarr", "w")
-            level_dtype = np.float32 if kind == "prob" else source.dtype
-            prev = readers[0]
-            for n, (lh, lw) in enumerate(shapes[1:], start=1):
-                arr = create_array(group, str(n), (k_ch, lh, lw), (1, CHUNK, CHUNK), level_dtype)
-                for r0 in range(0, lh, CHUNK):
-                    r1 = min(r0 + CHUNK, lh)
-                    for c0 in range(0, lw, 4 * CHUNK):
-                        c1 = min(c0 + 4 * CHUNK, lw)
-                        arr[:, r0:r1, c0:c1] = _reduce2(prev(2 * r0, 2 * r1, 2 * c0, 2 * c1), kind)
-                prev = as_3d(arr)
-                readers.append(prev)
+        if levels is None:
+            levels = build_levels(open_group(Path(tmpdir) / "levels.zarr", "w"), source, kind, min_size)
+        readers = [as_3d(a) for a in levels]
 
         def tiles(read: Callable[[int, int, int, int], np.ndarray], lh: int, lw: int) -> Iterator[np.ndarray]:
             for c in range(k_ch):

@@ -14,6 +14,22 @@ from ..io import PathLike
 CHUNK = 512
 
 
+def zarr_major() -> int:
+    """The installed zarr's major version (3: zarr format 3 stores, 2: format 2)."""
+    import zarr
+
+    return int(zarr.__version__.split(".")[0])
+
+
+def root_file() -> str:
+    """The group metadata file at a store's root (``zarr.json``, or ``.zgroup`` with zarr 2).
+
+    A rule's output names a user-facing store by this file instead of ``directory()``: Snakemake writes
+    its ``.snakemake_timestamp`` into directory outputs, a foreign file NGFF readers and zarr warn about.
+    """
+    return "zarr.json" if zarr_major() >= 3 else ".zgroup"
+
+
 def open_group(path: PathLike, mode: str = "r") -> Any:
     """Open a zarr group (zarr 2 or 3)."""
     import zarr
@@ -21,17 +37,20 @@ def open_group(path: PathLike, mode: str = "r") -> Any:
     return zarr.open_group(str(path), mode=mode)
 
 
-def create_array(group: Any, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any) -> Any:
+def create_array(group: Any, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any,
+                 dimension_names: tuple[str, ...] | None = None) -> Any:
     """A zero-filled, Blosc-LZ4 compressed array in a zarr group.
 
-    The array is made by zarr 3 ``create_array`` or zarr 2 ``create_dataset``.
+    The array is made by zarr 3 ``create_array`` (with ``dimension_names``, as NGFF 0.5 asks) or zarr 2
+    ``create_dataset`` (which has no place for them).
     """
     chunks = tuple(max(1, min(c, s)) if s else max(1, c) for c, s in zip(chunks, shape, strict=True))
     if hasattr(group, "create_array"):
         from zarr.codecs import BloscCodec
 
         return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                                  compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"))
+                                  compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+                                  dimension_names=dimension_names)
     from numcodecs import Blosc  # pragma: no cover - zarr 2
 
     return group.create_dataset(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,  # pragma: no cover
