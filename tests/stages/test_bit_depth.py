@@ -50,3 +50,17 @@ def test_a_12_bit_dataset_is_normalized_from_its_own_range(tmp_path, caplog):
     eight = {"a": str(tmp_path / "a.png")}
     write_image(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
     assert dataset_bit_depth(eight)["bit_depth"] is None  # 8-bit images: nothing to decide
+
+
+def test_the_report_shows_each_datasets_bit_depth(tmp_path):
+    from histoflow.stages.report import bit_depth_rows
+
+    write_json(tmp_path / "normalized" / "cam12" / "bit_depth.json",
+               {"dtype": "uint16", "max": 4000, "bit_depth": 12, "declared": "auto"})
+    write_json(tmp_path / "normalized" / "cam10" / "bit_depth.json",
+               {"dtype": "uint16", "max": None, "bit_depth": 10, "declared": 10})
+    (tmp_path / "normalized" / "rgb8").mkdir()  # 8-bit images: no file, no row
+    assert bit_depth_rows(str(tmp_path)) == [
+        ["cam10", "uint16", "10-bit", "0 … 1023 → 0 … 255", "declared (datasets.<name>.bit_depth)"],
+        ["cam12", "uint16", "12-bit", "0 … 4095 → 0 … 255", "auto: brightest value 4000"],
+    ]

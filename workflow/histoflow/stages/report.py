@@ -501,6 +501,18 @@ def training_section(results: str, trained: list[str]) -> list[str]:
     return parts
 
 
+def bit_depth_rows(results: str) -> list[list[str]]:
+    """One row per dataset of 16-bit images (``normalized/<dataset>/bit_depth.json``): the bits they were read with."""
+    rows = []
+    for f in sorted((Path(results) / "normalized").glob("*/bit_depth.json")):
+        d = read_json(f)
+        how = ("declared (datasets.<name>.bit_depth)" if d["declared"] != "auto"
+               else f"auto: brightest value {d['max']}")
+        rows.append([f.parent.name, d["dtype"], f"{d['bit_depth']}-bit",
+                     f"0 … {2 ** d['bit_depth'] - 1} → 0 … 255", how])
+    return rows
+
+
 def tail_sections(config: dict[str, Any], datasets: dict[str, dict[str, Any]], results: str,
                   volumes: list[str] | None, dpi: int) -> list[str]:
     """Volumes, stain normalization, runtimes and the configuration."""
@@ -514,6 +526,11 @@ def tail_sections(config: dict[str, Any], datasets: dict[str, dict[str, Any]], r
     stain = read_json(Path(results) / "stain" / "target.json")
     parts.append(f"<p>method <b>{html.escape(stain.get('method', '?'))}</b>, target "
                  f"<code>{html.escape(str(stain.get('target_image', '')))}</code></p>")
+    depth_rows = bit_depth_rows(results)
+    if depth_rows:
+        parts.append("<p>16-bit input images were read with the significant bits below (one depth per dataset, "
+                     "so images keep their relative brightness) before normalization:</p>")
+        parts.append(_table(["dataset", "stored as", "significant bits", "scaled", "how"], depth_rows))
     parts.append(stain_figure(datasets, results, dpi))
 
     parts.append("<h2>Runtimes</h2>")
