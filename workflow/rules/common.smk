@@ -99,11 +99,25 @@ def dataset_table(names):
     }
 
 
+def _weights_input(model):
+    """A model's local initial-weights file, as an input of its first training stage: a missing file stops the
+    run before any job, and a replaced file retrains."""
+    weights = config["models"][model].get("weights")
+    return {"weights": weights} if weights else {}
+
+
+def pretrain_inputs(wildcards):
+    """The patch store and the model's initial weights (stage 1 of a two-stage model)."""
+    return {"store": f"{RESULTS}/patches/patches.h5", **_weights_input(wildcards.model)}
+
+
 def train_inputs(wildcards):
-    """The patch store, and stage 1's model for a two-stage model."""
+    """The patch store, and stage 1's model for a two-stage model (else the model's initial weights)."""
     inputs = {"store": f"{RESULTS}/patches/patches.h5"}
     if wildcards.model in PRETRAINED:
         inputs["stage1"] = f"{RESULTS}/models/{wildcards.model}/stage1/model.pt"
+    else:
+        inputs |= _weights_input(wildcards.model)
     return inputs
 
 

@@ -4,7 +4,7 @@ rule pretrain_model:
     wildcard_constraints:
         model=one_of(PRETRAINED),
     input:
-        store=f"{RESULTS}/patches/patches.h5",
+        unpack(pretrain_inputs),
     output:
         model=f"{RESULTS}/models/{{model}}/stage1/model.pt",
         spec=f"{RESULTS}/models/{{model}}/stage1/spec.json",

@@ -26,7 +26,7 @@ def run_train(
     """Train one model from the patch store; writes model.pt, spec.json, history.tsv, curves.png.
 
     ``stage="pretrain"`` trains with the model's ``pretrain`` block (stage 1 of two-stage training,
-    e.g. fibre boundaries); ``init_from`` (a trained model's folder, e.g. that stage 1) initialises
+    e.g. fibre boundaries); ``init_from`` (a trained ``model.pt``, e.g. that of stage 1) initialises
     every weight from it before training (stage 2: fine-tuning on another target). Otherwise
     ``weights`` (a local file) initialises the model (:func:`histoflow.models.load_initial_weights`).
     """
@@ -91,7 +91,7 @@ def stage_config(model_cfg: dict[str, Any], stage: str, seed: int, classes: list
 def initial_weights(model_cfg: dict[str, Any], init_from: PathLike | None) -> Path | None:
     """The file that initialises the model: stage 1's ``model.pt``, else ``weights`` (a local file), else none."""
     if init_from:
-        return Path(init_from) / "model.pt"
+        return Path(init_from)
     return Path(model_cfg["weights"]) if model_cfg.get("weights") else None
 
 
