@@ -155,3 +155,16 @@ def test_predict_at_the_training_scale_writes_the_image_size(tmp_path, monkeypat
     run_predict(tmp_path / "model_ls", tmp_path / "norm", ["a"], predict, "cpu", tmp_path / "out_ls")
     assert seen == [(3, 45, 35)]  # long side 90 -> 45
     assert read_image(tmp_path / "out_ls" / "a.tif").shape == (90, 70)
+
+
+def test_tiles_of_job_counts_the_tiles_at_the_working_resolution(tmp_path):
+    """Tile 64, overlap 16 (stride 48; the last tile moves back to end at the edge, a side under 64 is padded):
+    100 px -> starts 0, 36 (2); 300 px -> 0, 48, 96, 144, 192, 236 (6); 64 and 40 px -> 1 each.
+    At scale 0.5: 50 -> 1, 150 -> 0, 48, 86 (3), 32 and 20 -> 1 each."""
+    from histoflow.stages.predict import tiles_of_job
+
+    for stem, shape in (("a", (100, 300)), ("b", (64, 64)), ("c", (40, 40))):
+        write_image(tmp_path / f"{stem}.png", np.zeros((*shape, 3), np.uint8))
+    predict = {"tile": 64, "overlap": 16}
+    assert tiles_of_job(tmp_path, ["a", "b", "c"], predict) == 2 * 6 + 1 + 1
+    assert tiles_of_job(tmp_path, ["a", "b", "c"], predict, scale=0.5) == 1 * 3 + 1 + 1

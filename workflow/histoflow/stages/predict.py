@@ -65,14 +65,13 @@ def run_predict(
 def tiles_of_job(normalized_dir: PathLike, stems: list[str], predict: dict[str, Any], scale: float = 1.0,
                  long_side: int | None = None) -> int:
     """How many tiles the job's images make at the working resolution (their sizes read from the PNG headers)."""
-    import imageio.v3 as iio
-
+    from ..io import image_size
     from ..resample import working_shape
     from ..tiling import tile_starts
 
     tiles = 0
     for stem in stems:
-        h, w = working_shape(iio.improps(Path(normalized_dir) / f"{stem}.png").shape, scale, long_side)
+        h, w = working_shape(image_size(Path(normalized_dir) / f"{stem}.png"), scale, long_side)
         tiles += len(tile_starts(max(h, predict["tile"]), predict["tile"], predict["overlap"])) * len(
             tile_starts(max(w, predict["tile"]), predict["tile"], predict["overlap"]))
     return tiles
