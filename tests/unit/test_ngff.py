@@ -111,3 +111,12 @@ def test_the_tiff_pyramid_reuses_the_store_levels(tmp_path):
             np.testing.assert_array_equal(la.asarray(), lb.asarray())
     with pytest.raises(ValueError, match="not the halvings"):
         wsi.write_ome_pyramid(levels[0], a, mpp=0.5, min_size=100, levels=levels)
+
+
+def test_a_rule_names_a_store_by_its_root_file():
+    from pathlib import Path
+
+    assert wsi.root_file() == "zarr.json"  # zarr 3, as pyproject asks on Python >= 3.11
+    assert wsi.store_of("results/slides/s/m/labels.zarr/zarr.json") == Path("results/slides/s/m/labels.zarr")
+    with pytest.raises(ValueError, match="not a zarr store's root file"):
+        wsi.store_of("results/slides/s/m/labels.zarr")

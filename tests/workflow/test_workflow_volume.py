@@ -1,5 +1,6 @@
-"""The volume stage through Snakemake: a tiny synthetic stack, user scribbles, the ablation table,
-and that editing the scribbles reruns only DDML → graph cut → evaluation (and the report)."""
+"""The volume stage through Snakemake: a tiny synthetic stack, Vahadane-normalized as the M-Unet paper does, user
+scribbles, the ablation table, and that editing the scribbles reruns only DDML → graph cut → evaluation (and the
+report) while changing the stain normalization reruns everything that reads the stacks' pixels."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from histoflow.synthetic.organs import make_organ_stack
 from histoflow.volume import write_tiff_stack
 
 VOLUME = {"generator": "organ_stack", "n_slices": 12, "size": 96, "seed": 3, "scribbles": "my_scribbles.tif",
-          "spacing_um": [4.0, 1.0, 1.0]}
+          "spacing_um": [4.0, 1.0, 1.0], "stain": "vahadane"}
 
 
 def volume_config() -> dict:
@@ -76,3 +77,19 @@ def test_editing_scribbles_reruns_only_ddml_graphcut_evaluation(volume_run):
         path.write_bytes(original)
     assert jobs == {"ddml[volume=organ]", "search_graphcut[volume=organ]", "graphcut_volume[volume=organ]",
                     "evaluate_volume[volume=organ]", "report"}
+
+
+@pytest.mark.slow
+def test_changing_the_stain_normalization_reruns_what_reads_the_pixels(volume_run):
+    assert (volume_run / "results/volumes/organ/normalized/target/slice_000.png").exists()
+    cfg = volume_config()
+    cfg["volumes"]["organ"]["stain"] = "macenko"
+    original = (volume_run / "config.yaml").read_text()
+    write_config(volume_run, cfg)
+    try:
+        jobs = planned_jobs(smk(volume_run, "-n", "results/volumes/organ/ablation.tsv", "results/report.html").stdout)
+    finally:
+        (volume_run / "config.yaml").write_text(original)
+    assert {"normalize_volume[volume=organ]", "volume_patches[volume=organ]", "volume_features[volume=organ]",
+            "train_volume_model[volume=organ, vmodel=munet]", "graphcut_volume[volume=organ]"} <= jobs
+    assert not any(j.startswith("volume_data") for j in jobs)  # the generated stacks stay

@@ -145,10 +145,30 @@ def volume_data(wildcards):
     return [spec["train"], spec["target"]]
 
 
-def volume_dirs(wildcards):
+def raw_volume_dirs(wildcards):
+    """The training and target stack folders as generated or given."""
     from histoflow.volume import stack_paths
 
     return stack_paths(config["volumes"][wildcards.volume], f"{RESULTS}/volumes/{wildcards.volume}/data")
+
+
+def _stain_normalized(volume):
+    return config["volumes"][volume]["stain"] != "none"
+
+
+def volume_stacks(wildcards):
+    """What the rules that read a volume's pixels take as input: its stain-normalized stacks, or the stacks."""
+    if _stain_normalized(wildcards.volume):
+        return [f"{RESULTS}/volumes/{wildcards.volume}/normalized"]
+    return volume_data(wildcards)
+
+
+def volume_dirs(wildcards):
+    """The stack folders those rules read (``train``, ``target``): normalized ones when the volume has a stain."""
+    if _stain_normalized(wildcards.volume):
+        base = f"{RESULTS}/volumes/{wildcards.volume}/normalized"
+        return {"train": f"{base}/train", "target": f"{base}/target"}
+    return raw_volume_dirs(wildcards)
 
 
 def volume_scribbles(wildcards):

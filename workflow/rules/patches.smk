@@ -24,7 +24,7 @@ rule extract_patches:
 rule volume_patches:
     """Training patches from the labelled training stack."""
     input:
-        volume_data,
+        volume_stacks,
     output:
         store=f"{RESULTS}/volumes/{{volume}}/patches.h5",
         split=f"{RESULTS}/volumes/{{volume}}/patches_split.json",

@@ -19,6 +19,26 @@ rule volume_data:
         "../scripts/volume_data.py"
 
 
+rule normalize_volume:
+    """Both stacks stain-normalized to the middle training slice (volumes.<name>.stain, e.g. Vahadane)."""
+    input:
+        volume_data,
+    output:
+        directory(f"{RESULTS}/volumes/{{volume}}/normalized"),
+    params:
+        dirs=raw_volume_dirs,
+        method=lambda wc: config["volumes"][wc.volume]["stain"],
+    log:
+        f"{RESULTS}/logs/normalize_volume/{{volume}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/normalize_volume/{{volume}}.tsv"
+    threads: 1
+    conda:
+        ENV
+    script:
+        "../scripts/normalize_volume.py"
+
+
 rule auto_scribbles:
     """A few strokes inside and outside the organ on every n-th target slice (demo / test stand-in for a person)."""
     input:
@@ -26,7 +46,7 @@ rule auto_scribbles:
     output:
         f"{RESULTS}/volumes/{{volume}}/scribbles.tif",
     params:
-        dirs=volume_dirs,
+        dirs=raw_volume_dirs,
         every=lambda wc: config["volumes"][wc.volume]["scribble_every"],
         seed=config["seed"],
     log:
@@ -41,7 +61,7 @@ rule auto_scribbles:
 rule predict_volume:
     """A volume model's probability for every target slice (float32 TIFF stack)."""
     input:
-        volume_data,
+        volume_stacks,
         model=f"{RESULTS}/volumes/{{volume}}/models/{{vmodel}}/model.pt",
     output:
         f"{RESULTS}/volumes/{{volume}}/predictions/{{vmodel}}.tif",
@@ -64,7 +84,7 @@ rule predict_volume:
 rule volume_features:
     """M-Unet per-pixel features of the target stack and of every n-th training slice (HDF5)."""
     input:
-        volume_data,
+        volume_stacks,
         model=lambda wc: f"{RESULTS}/volumes/{wc.volume}/models/{config['ddml']['features_from']}/model.pt",
     output:
         f"{RESULTS}/volumes/{{volume}}/features.h5",
@@ -128,7 +148,7 @@ rule search_graphcut:
 rule graphcut_volume:
     """One 3-D graph cut over the target stack with the scribbles as hard seeds."""
     input:
-        volume_data,
+        volume_stacks,
         refined=f"{RESULTS}/volumes/{{volume}}/ddml/refined.tif",
         scribbles=volume_scribbles,
         params=f"{RESULTS}/volumes/{{volume}}/graphcut_params.json",
@@ -159,7 +179,7 @@ rule graphcut_volume:
 rule evaluate_volume:
     """The ablation table: U-Net, M-Unet, M-Unet + DDML, M-Unet + DDML + graph cut."""
     input:
-        volume_data,
+        volume_stacks,
         predictions=expand(f"{RESULTS}/volumes/{{{{volume}}}}/predictions/{{vmodel}}.tif", vmodel=VOLUME_MODELS),
         specs=expand(f"{RESULTS}/volumes/{{{{volume}}}}/models/{{vmodel}}/spec.json", vmodel=VOLUME_MODELS),
         refined=f"{RESULTS}/volumes/{{volume}}/ddml/refined.tif",

@@ -66,8 +66,6 @@ rule merge_slide:
         slide_region_stores,
     output:
         f"{SLIDE_DIR}/probability.zarr/{ZARR_ROOT}",  # the store by its root file: no timestamp file inside
-    params:
-        store=f"{SLIDE_DIR}/probability.zarr",
     log:
         f"{RESULTS}/logs/merge_slide/{{model}}/{{slide}}.log",
     benchmark:
@@ -92,8 +90,6 @@ rule slide_outputs:
         **{k: v for k, v in slide_output_files("{model}", "{slide}").items()},
         **({"labels_zarr": f"{SLIDE_DIR}/labels.zarr/{ZARR_ROOT}"} if config["slides"]["outputs"]["instances"] else {}),
     params:
-        prob_store=f"{SLIDE_DIR}/probability.zarr",
-        labels_store=f"{SLIDE_DIR}/labels.zarr",
         slides=slide_params("instances", "outputs"),
         postprocess=config["postprocess"],
         classification=config["export"]["classification"],

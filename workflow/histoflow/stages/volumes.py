@@ -29,6 +29,28 @@ def run_volume_data(out_dir: PathLike, spec: dict[str, Any]) -> None:
         log.info("%s stack: %s, organ fraction %.3f", part, images.shape, labels.mean())
 
 
+def run_normalize_volume(dirs: dict[str, str], out_dir: PathLike, method: str) -> dict[str, Any]:
+    """Stain-normalize the training and target stacks into ``out_dir/train`` and ``out_dir/target``.
+
+    As the M-Unet paper colour-normalizes each volume with Vahadane's method before anything else: one
+    normalizer, fitted on the middle slice of the training stack, maps every slice of both stacks to that
+    slice's stains (so the target's stain drift along z is removed and both stacks look alike). Labels are
+    copied unchanged. Writes ``out_dir/stain.json`` (the fitted normalizer) and returns what it did.
+    """
+    from ..stain import get_normalizer, save_normalizer
+    from ..volume import read_stack, write_stack
+
+    out = Path(out_dir)
+    train, train_labels = read_stack(dirs["train"])
+    ref = len(train) // 2
+    norm = get_normalizer(method).fit(train[ref])
+    save_normalizer(norm, out / "stain.json")
+    for part, (images, labels) in (("train", (train, train_labels)), ("target", read_stack(dirs["target"]))):
+        write_stack(out / part, np.stack([norm.transform(s) for s in images]), labels)
+        log.info("%s stack: %d slices normalized (%s, reference: training slice %d)", part, len(images), method, ref)
+    return {"method": method, "reference_slice": ref}
+
+
 def run_auto_scribbles(target_dir: PathLike, every: int, seed: int, out_tif: PathLike) -> None:
     from ..scribbles import make_scribbles
     from ..volume import read_stack, write_tiff_stack

@@ -59,7 +59,7 @@ from .reader import (
     find_slides,
     open_slide,
 )
-from .store import CHUNK, create_array, open_group, root_file
+from .store import CHUNK, create_array, open_group, root_file, store_of
 from .tissue import (
     TISSUE_THRESHOLD_RANGE,
     TissueMask,
@@ -98,6 +98,7 @@ __all__ = [
     "root_file",
     "saturation",
     "slide_instances",
+    "store_of",
     "split_regions",
     "tissue_mask",
     "write_ngff",

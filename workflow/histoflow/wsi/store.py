@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,14 @@ def root_file() -> str:
     its ``.snakemake_timestamp`` into directory outputs, a foreign file NGFF readers and zarr warn about.
     """
     return "zarr.json" if zarr_major() >= 3 else ".zgroup"
+
+
+def store_of(root: PathLike) -> Path:
+    """The store a rule names by its root file (:func:`root_file`): ``x.zarr/zarr.json`` -> ``x.zarr``."""
+    root = Path(root)
+    if root.name != root_file():
+        raise ValueError(f"{root}: not a zarr store's root file ({root_file()})")
+    return root.parent
 
 
 def open_group(path: PathLike, mode: str = "r") -> Any:
