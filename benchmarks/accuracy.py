@@ -107,7 +107,7 @@ def check_run(results: Path, model: str, model_cfg: dict[str, Any], dataset: str
 def validation_datasets(datasets: dict[str, Any]) -> set[str]:
     """Test-split datasets made of training images (e.g. ``stems:`` of the validation images): not benchmark
     figures, so never recorded (``benchmarks/learning_curves.py`` reports them)."""
-    training = {str(Path(p).resolve()) for ds in datasets.values() if ds.train for p in ds.images.values()}
+    training = {str(Path(ds.images[s]).resolve()) for ds in datasets.values() for s in ds.train}
     return {name for name, ds in datasets.items()
             if ds.test and all(str(Path(ds.images[s]).resolve()) in training for s in ds.test)}
 

@@ -163,3 +163,14 @@ def test_validation_images_scored_as_a_test_dataset_are_not_recorded(run, tmp_pa
     out = tmp_path / "accuracy.json"
     assert record(run, out) == 0
     assert all(k.startswith("glas_testA_") for k in json.loads(out.read_text()))
+
+
+def test_the_held_out_test_part_of_a_split_auto_dataset_is_a_benchmark_figure():
+    """ISBI 2012: one folder, split: auto holds out 6 slices as the test part; only the validation slices scored
+    as a test split (made of training images) are left out. The test part shares the folder, not the images."""
+    from types import SimpleNamespace
+
+    images = {s: f"/data/em/{s}.png" for s in ("s1", "s2", "s3", "s4")}
+    datasets = {"em": SimpleNamespace(images=images, train=["s1", "s2", "s3"], test=["s4"]),
+                "em_val": SimpleNamespace(images=images, train=[], test=["s3"])}
+    assert accuracy.validation_datasets(datasets) == {"em_val"}
