@@ -157,17 +157,17 @@ def test_pipeline_functions_regions_merge_to_the_single_job(tmp_path):
         run_predict_slide_region(slide, tmp_path / "t/tissue.json", tmp_path / "model", tmp_path / "stain.json",
                                  slides, {"tta": "none"}, r, "cpu", perf, stores[-1])
     out = tmp_path / "out"
-    run_merge_slide(stores, out / "probability.zarr")
+    run_merge_slide(stores, out / "probability.zarr" / wsi.root_file())
     one = {**slides, "regions": 1}
     run_predict_slide_region(slide, tmp_path / "t/tissue.json", tmp_path / "model", tmp_path / "stain.json",
                              one, {"tta": "none"}, 0, "cpu", perf, tmp_path / "single.zarr")
     merged = np.asarray(wsi.open_group(out / "probability.zarr")[wsi.LEVEL0][:])
     np.testing.assert_array_equal(merged, np.asarray(wsi.open_group(tmp_path / "single.zarr")["prob"][:]))
     files = {k: out / v for k, v in (("probability", "probability.ome.tif"), ("labels", "labels.ome.tif"),
-                                     ("labels_zarr", "labels.zarr"), ("objects", "objects.geojson"),
+                                     ("labels_zarr", f"labels.zarr/{wsi.root_file()}"), ("objects", "objects.geojson"),
                                      ("summary", "summary.json"))}
-    run_slide_outputs(out / "probability.zarr", tmp_path / "model/spec.json", cfg["postprocess"], slides, "Fibre",
-                      files)
+    run_slide_outputs(out / "probability.zarr" / wsi.root_file(), tmp_path / "model/spec.json", cfg["postprocess"],
+                      slides, "Fibre", files)
     summary = check_outputs(out, (450, 350), 1.0, 2.0)
     assert summary["instances"]["objects"] > 0 and summary["processed_area_mm2"] > 0
 
@@ -190,14 +190,14 @@ def test_an_instance_model_runs_on_a_slide_through_its_merge_map(tmp_path):
     run_predict_slide_region(slide, tmp_path / "t/tissue.json", tmp_path / "model", None, {**slides, "regions": 1},
                              predict, 0, "cpu", {"batch_size": 2, "workers": 0, "compile": False},
                              tmp_path / "r.zarr")
-    run_merge_slide([tmp_path / "r.zarr"], tmp_path / "out/probability.zarr")
+    run_merge_slide([tmp_path / "r.zarr"], tmp_path / "out/probability.zarr" / wsi.root_file())
     prob = np.asarray(wsi.open_group(tmp_path / "out/probability.zarr")[wsi.LEVEL0][:])
     assert 0 <= prob.min() and prob.max() <= 1 and prob.max() > 0.3  # 5 detections a tile, masks about 0.5
     files = {k: tmp_path / "out" / v for k, v in (("probability", "probability.ome.tif"), ("labels", "labels.ome.tif"),
-                                                 ("labels_zarr", "labels.zarr"), ("objects", "objects.geojson"),
-                                                 ("summary", "summary.json"))}
-    run_slide_outputs(tmp_path / "out/probability.zarr", tmp_path / "model/spec.json", cfg["postprocess"], slides,
-                      "Nucleus", files)
+                                                 ("labels_zarr", f"labels.zarr/{wsi.root_file()}"),
+                                                 ("objects", "objects.geojson"), ("summary", "summary.json"))}
+    run_slide_outputs(tmp_path / "out/probability.zarr" / wsi.root_file(), tmp_path / "model/spec.json",
+                      cfg["postprocess"], slides, "Nucleus", files)
     check_outputs(tmp_path / "out", (450, 350), 1.0, 2.0)
     with pytest.raises(ValueError, match="tta: none"):
         run_predict_slide_region(slide, tmp_path / "t/tissue.json", tmp_path / "model", None, slides,

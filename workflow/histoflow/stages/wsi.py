@@ -184,12 +184,15 @@ def probability_channels(k_ch: int) -> list[str]:
     return ["probability"] if k_ch == 1 else [f"probability {k}" for k in range(k_ch)]
 
 
-def run_merge_slide(region_stores: list[PathLike], out_store: PathLike) -> dict[str, Any]:
-    """The regions' row bands concatenated into the slide's probability map, an OME-NGFF image store."""
-    from ..io import atomic_dir
-    from ..wsi import LEVEL0, merge_regions, open_group, write_ngff
+def run_merge_slide(region_stores: list[PathLike], out_root: PathLike) -> dict[str, Any]:
+    """The regions' row bands concatenated into the slide's probability map, an OME-NGFF image store.
 
-    with atomic_dir(out_store) as tmp:
+    ``out_root`` is the store's root file (``…/probability.zarr/zarr.json``, the rule's output).
+    """
+    from ..io import atomic_dir
+    from ..wsi import LEVEL0, merge_regions, open_group, store_of, write_ngff
+
+    with atomic_dir(store_of(out_root)) as tmp:
         stats = merge_regions(region_stores, tmp)
         group = open_group(tmp, "r+")
         slide = dict(group.attrs)["slide"]
@@ -201,7 +204,7 @@ def run_merge_slide(region_stores: list[PathLike], out_store: PathLike) -> dict[
 
 
 def run_slide_outputs(
-    prob_store: PathLike, spec_json: PathLike, postprocess: dict[str, Any], slides: dict[str, Any],
+    prob_root: PathLike, spec_json: PathLike, postprocess: dict[str, Any], slides: dict[str, Any],
     classification: str, out: dict[str, PathLike],
 ) -> dict[str, Any]:
     """Pyramidal OME-TIFF of the probability map, optionally the instances, and ``summary.json``.
@@ -210,8 +213,8 @@ def run_slide_outputs(
     OME-TIFF, sharing their resolution levels) and the objects as QuPath GeoJSON. The probability TIFF's
     sub-resolutions are the NGFF store's own levels (:func:`run_merge_slide`), not computed again.
 
-    ``out``: paths ``probability``, ``summary`` and (with instances) ``labels``, ``labels_zarr`` (the store
-    itself), ``objects``.
+    ``prob_root`` is the probability store's root file; ``out``: paths ``probability``, ``summary`` and (with
+    instances) ``labels``, ``labels_zarr`` (the label store's root file), ``objects`` - the rule's outputs.
     """
     from ..io import atomic_dir
     from ..postprocess import PostprocessConfig, default_threshold
@@ -222,11 +225,13 @@ def run_slide_outputs(
         image_levels,
         open_group,
         slide_instances,
+        store_of,
         write_ngff,
         write_ome_pyramid,
     )
 
     t0 = time.perf_counter()
+    prob_store = store_of(prob_root)
     group = open_group(prob_store, "r")
     attrs = dict(group.attrs)
     prob_levels = image_levels(group)
@@ -246,7 +251,8 @@ def run_slide_outputs(
         default_th = default_threshold(read_json(spec_json))
         threshold = pp.threshold if pp.threshold is not None else default_th
         icfg = slides["instances"]
-        with atomic_dir(out["labels_zarr"]) as tmp:
+        labels_store = store_of(out["labels_zarr"])
+        with atomic_dir(labels_store) as tmp:
             lgroup = open_group(tmp, "w")
             labels = create_array(lgroup, LEVEL0, tuple(prob.shape[-2:]), (CHUNK, CHUNK), np.uint32, ("y", "x"))
             stats = slide_instances(
@@ -256,7 +262,7 @@ def run_slide_outputs(
             )
             lgroup.attrs.update({"slide": slide, "threshold": threshold, "stats": stats})
             label_levels = write_ngff(lgroup, kind="labels", mpp=mpp, name=f"{Path(slide['path']).stem} instances",
-                                      source=os.path.relpath(prob_store, out["labels_zarr"]))
+                                      source=os.path.relpath(prob_store, labels_store))
             label_shapes = write_ome_pyramid(labels, out["labels"], kind="labels", mpp=mpp, levels=label_levels)
         if stats["truncated"]:
             log.warning("%d objects reached the edge of their block's margin (%d px): they may be cut; raise "
