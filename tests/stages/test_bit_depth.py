@@ -64,3 +64,14 @@ def test_the_report_shows_each_datasets_bit_depth(tmp_path):
         ["cam10", "uint16", "10-bit", "0 … 1023 → 0 … 255", "declared (datasets.<name>.bit_depth)"],
         ["cam12", "uint16", "12-bit", "0 … 4095 → 0 … 255", "auto: brightest value 4000"],
     ]
+
+
+def test_a_16_bit_colour_tiff_is_one_rgb_page(tmp_path):
+    """write_image stores (H, W, 3) uint16 as one RGB page, as cameras do, so the header check at parse time
+    (io.image_size) sees H x W and not a stack of H pages of W x 3."""
+    from histoflow.io import image_size, read_image
+
+    img = np.random.default_rng(0).integers(0, 4096, (40, 30, 3)).astype(np.uint16)
+    write_image(tmp_path / "cam.tif", img)
+    assert image_size(tmp_path / "cam.tif") == (40, 30)
+    np.testing.assert_array_equal(read_image(tmp_path / "cam.tif"), img)

@@ -41,8 +41,9 @@ def _plus_one(t: torch.Tensor) -> torch.Tensor:
     return t + 1
 
 
-def _read_prob(path) -> np.ndarray:
-    return np.asarray(wsi.open_group(path)["prob"][:])
+def _read_prob(path, key: str = "prob") -> np.ndarray:
+    """A region store's ``prob`` (a merged store's level 0: ``key=wsi.LEVEL0``)."""
+    return np.asarray(wsi.open_group(path)[key][:])
 
 
 def _whole(slide: wsi.Slide) -> np.ndarray:
@@ -442,7 +443,8 @@ def test_merged_regions_equal_the_single_job_exactly(tmp_path, slide_path, tiny_
         stores.append(tmp_path / f"r{r.index}.zarr")
         wsi.predict_slide(s, f, stores[-1], region=r, **kw)
     wsi.merge_regions(stores[::-1], tmp_path / "merged.zarr")
-    np.testing.assert_array_equal(_read_prob(tmp_path / "merged.zarr"), _read_prob(tmp_path / "single.zarr"))
+    merged = _read_prob(tmp_path / "merged.zarr", wsi.LEVEL0)
+    np.testing.assert_array_equal(merged, _read_prob(tmp_path / "single.zarr"))
 
 
 def test_merge_rejects_gaps(tmp_path):

@@ -6,6 +6,7 @@ random values; nothing is downloaded), so the test checks the plumbing, not Imag
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def test_two_stage_transfer_from_a_local_vgg16_file(tmp_path):
         got = torch.load(tmp_path / "results/models/v" / stage, weights_only=True)["features.0.weight"]
         assert (got - state["features.0.weight"]).abs().max() < 1e-3, stage
     # the weight file is an input of stage 1: a replaced file retrains both stages, nothing else moves
-    later = os.stat(weights).st_mtime + 10
+    later = time.time() + 10  # newer than every output of the run
     os.utime(weights, (later, later))
     jobs = planned_jobs(smk(tmp_path, "-n", "results/models/v/model.pt").stdout)
     assert {"pretrain_model[model=v]", "train_model[model=v]"} <= jobs

@@ -205,8 +205,9 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray) -> None:
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix.lower() in (".tif", ".tiff"):
-            rgb = array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8
+            # 8- and 16-bit colour images are RGB(A) (as cameras write them: one page, samples per pixel);
             # anything else is greyscale (a stack of planes: class probabilities, slices)
+            rgb = array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype in (np.uint8, np.uint16)
             tifffile.imwrite(tmp, array, compression="zlib", photometric="rgb" if rgb else "minisblack")
         else:
             iio.imwrite(tmp, array, extension=path.suffix)

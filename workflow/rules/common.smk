@@ -145,6 +145,11 @@ def volume_data(wildcards):
     return [spec["train"], spec["target"]]
 
 
+def generator_spec(volume):
+    """What a synthetic volume's stacks depend on (not its stain, scribbles or spacing: editing those keeps them)."""
+    return {k: v for k, v in config["volumes"][volume].items() if k in ("generator", "n_slices", "size", "seed")}
+
+
 def raw_volume_dirs(wildcards):
     """The training and target stack folders as generated or given."""
     from histoflow.volume import stack_paths

@@ -7,7 +7,7 @@ rule volume_data:
     output:
         directory(f"{RESULTS}/volumes/{{volume}}/data"),
     params:
-        spec=lambda wc: config["volumes"][wc.volume],
+        spec=lambda wc: generator_spec(wc.volume),
     log:
         f"{RESULTS}/logs/volume_data/{{volume}}.log",
     benchmark:
