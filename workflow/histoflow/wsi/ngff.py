@@ -52,24 +52,18 @@ def build_levels(group: Any, level0: Any, kind: str, min_size: int = 1024) -> li
     """
     if kind not in ("prob", "labels"):
         raise ValueError(f"kind must be prob or labels, got {kind!r}")
-    planar = len(level0.shape) == 3
+    lead = tuple(level0.shape[:-2])  # (K,) for probabilities, () for labels
     dtype = np.float32 if kind == "prob" else level0.dtype
-    dims = dimension_names(planar)
+    dims = dimension_names(bool(lead))
     levels = [level0]
     for n, (lh, lw) in enumerate(level_shapes(*level0.shape[-2:], min_size)[1:], start=1):
-        lead = tuple(level0.shape[:-2])
         arr = create_array(group, str(n), (*lead, lh, lw), (*(1,) * len(lead), CHUNK, CHUNK), dtype, dims)
         prev = levels[-1]
         for r0 in range(0, lh, CHUNK):
             r1 = min(r0 + CHUNK, lh)
             for c0 in range(0, lw, 4 * CHUNK):
                 c1 = min(c0 + 4 * CHUNK, lw)
-                src = prev[:, 2 * r0 : 2 * r1, 2 * c0 : 2 * c1] if planar else prev[2 * r0 : 2 * r1, 2 * c0 : 2 * c1]
-                block = reduce2(np.asarray(src), kind)
-                if planar:
-                    arr[:, r0:r1, c0:c1] = block
-                else:
-                    arr[r0:r1, c0:c1] = block
+                arr[..., r0:r1, c0:c1] = reduce2(np.asarray(prev[..., 2 * r0 : 2 * r1, 2 * c0 : 2 * c1]), kind)
         levels.append(arr)
     return levels
 
