@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from test_workflow import planned_jobs, smk, write_config
 
-from histoflow.io import write_image
+from histoflow.io import read_image, write_image
 from histoflow.synthetic.fibres import FibreParams, make_fibre_image
 
 SIZE = (96, 96)
@@ -112,8 +112,7 @@ def test_a_fault_stops_the_run_before_any_job_and_the_fixed_folder_runs(workdir,
 def test_12_bit_images_run_scaled_from_their_own_range_with_a_warning(workdir):
     for stem in ("a", "b", "c"):  # a 12-bit camera's values in uint16 files: 0 .. 4095
         path = workdir / "train/images" / f"{stem}.png"
-        img = make_fibre_image({"a": 0, "b": 1, "c": 2}[stem], FibreParams(size=SIZE, fibre_diameter=24.0))[0]
-        write_image(path.with_suffix(".tif"), (img.astype(np.uint16) * 16))
+        write_image(path.with_suffix(".tif"), read_image(path).astype(np.uint16) * 16)
         path.unlink()
     smk(workdir, "results/normalized/mine")
     assert json.loads((workdir / "results/normalized/mine/bit_depth.json").read_text())["bit_depth"] == 12
@@ -124,8 +123,6 @@ def test_12_bit_images_run_scaled_from_their_own_range_with_a_warning(workdir):
 def test_binary_masks_under_instance_labels_are_split_with_a_warning(workdir):
     for stem in ("a", "b", "c"):  # 0/255 exports of the instance masks
         path = workdir / "train/masks" / f"{stem}.png"
-        from histoflow.io import read_image
-
         write_image(path, np.where(read_image(path) > 0, 255, 0).astype(np.uint8))
     smk(workdir, "results/patches/patches.h5")
     log = (workdir / "results/logs/extract_patches.log").read_text()
