@@ -413,7 +413,8 @@ def read_annotations(path: PathLike) -> list[dict[str, Any]]:
     return out
 
 
-def _class_name(feature: Mapping[str, Any]) -> str | None:
+def class_name(feature: Mapping[str, Any]) -> str | None:
+    """A feature's QuPath classification name (derived classes as ``"A: B"``), or None when unclassified."""
     props = feature.get("properties") or {}
     cls = props.get("classification")
     if isinstance(cls, str):
@@ -514,7 +515,8 @@ def _paint_lines(out: np.ndarray, lines: list[np.ndarray], value: int | bool, wi
     out[r0:r1, c0:c1][local] = value
 
 
-def _paint_geometry(out: np.ndarray, geometry: Mapping[str, Any], value: int | bool, width: int) -> None:
+def paint_geometry(out: np.ndarray, geometry: Mapping[str, Any], value: int | bool, width: int = 3) -> None:
+    """Paint one GeoJSON geometry into ``out`` in place, as :func:`geometry_mask` rasterises it, with ``value``."""
     kind = geometry.get("type")
     coords = geometry.get("coordinates")
     if kind == "Polygon":
@@ -532,7 +534,7 @@ def _paint_geometry(out: np.ndarray, geometry: Mapping[str, Any], value: int | b
         _paint_lines(out, [_coords([c]) for c in coords], value, width)
     elif kind == "GeometryCollection":
         for g in geometry.get("geometries", []):
-            _paint_geometry(out, g, value, width)
+            paint_geometry(out, g, value, width)
     else:
         raise ValueError(f"unsupported geometry type {kind!r}")
 
@@ -559,7 +561,7 @@ def geometry_mask(geometry: Mapping[str, Any], shape: tuple[int, int], width: in
     if len(shape) != 2:
         raise ValueError(f"shape must be (H, W), got {shape}")
     out = np.zeros(tuple(int(s) for s in shape), dtype=bool)
-    _paint_geometry(out, geometry, True, _check_width(width))
+    paint_geometry(out, geometry, True, _check_width(width))
     return out
 
 
@@ -611,7 +613,7 @@ def rasterize_annotations(
     out = np.zeros(shape, dtype=np.int32)
     ignored: dict[str, int] = {}
     for i, feature in enumerate(features):
-        name = _class_name(feature)
+        name = class_name(feature)
         value = lookup.get(name.lower()) if name is not None else None
         if value is None:
             key = name if name is not None else "<unclassified>"
@@ -632,7 +634,7 @@ def rasterize_annotations(
         else:
             target = out
         try:
-            _paint_geometry(target, feature["geometry"], value, width)
+            paint_geometry(target, feature["geometry"], value, width)
         except (ValueError, TypeError, IndexError) as exc:
             raise InputError(f"{path}: feature {i} ({name}) has a malformed geometry: {exc}.") from exc
     if ignored:

@@ -573,8 +573,9 @@ def _try_tiff(path: Path) -> _Backend:
         raise InputError(f"{path}: cannot be read as a TIFF ({exc}).") from exc
 
 
-def find_slides(spec: Mapping[str, str] | Sequence[str], base: PathLike = ".") -> dict[str, Path]:
-    """Slide name → path from ``slides.images``: a mapping, or a list of files, folders and glob patterns.
+def find_slides(spec: Mapping[str, str] | Sequence[str], base: PathLike = ".",
+                key: str = "slides.images") -> dict[str, Path]:
+    """Slide name → path from ``slides.images`` (or ``key``): a mapping, or a list of files, folders and patterns.
 
     In a list, a folder stands for every slide inside it and the names are the file stems. Relative paths are
     taken from ``base``.
@@ -590,10 +591,10 @@ def find_slides(spec: Mapping[str, str] | Sequence[str], base: PathLike = ".") -
 
     def add(name: str, p: Path) -> None:
         if not name or any(c in name for c in '/\\*?[]{}"\' ') or name.startswith("."):
-            raise InputError(f"slides.images: the name {name!r} (of {p}) must be a plain file name without "
+            raise InputError(f"{key}: the name {name!r} (of {p}) must be a plain file name without "
                              "spaces; give the slide a name in a mapping, e.g. images: {{my_slide: {p}}}")
         if name in found and found[name] != p:
-            raise InputError(f"slides.images: two slides are named {name!r} ({found[name]}, {p}); "
+            raise InputError(f"{key}: two slides are named {name!r} ({found[name]}, {p}); "
                              "name them in a mapping (name: path).")
         found[name] = p
 
@@ -601,9 +602,9 @@ def find_slides(spec: Mapping[str, str] | Sequence[str], base: PathLike = ".") -
         for name, p in spec.items():
             path = base / str(p)
             if not path.exists():
-                raise InputError(f"{path}: slide not found (slides.images.{name} in config.yaml).")
+                raise InputError(f"{path}: slide not found ({key}.{name} in config.yaml).")
             if path.suffix.lower() not in SLIDE_SUFFIXES and not path.is_dir():
-                raise InputError(f"{path}: unsupported slide format {path.suffix!r} (slides.images.{name}); use "
+                raise InputError(f"{path}: unsupported slide format {path.suffix!r} ({key}.{name}); use "
                                  f"one of {', '.join(SLIDE_SUFFIXES)} or convert it to a pyramidal TIFF.")
             add(str(name), path)
         return found
@@ -612,7 +613,7 @@ def find_slides(spec: Mapping[str, str] | Sequence[str], base: PathLike = ".") -
         if any(c in str(item) for c in "*?["):
             matches = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).suffix.lower() in SLIDE_SUFFIXES)
             if not matches:
-                raise InputError(f"{item}: no slide matches this pattern (slides.images in config.yaml).")
+                raise InputError(f"{item}: no slide matches this pattern ({key} in config.yaml).")
             for m in matches:
                 add(_stem(m), m)
         elif path.is_dir() and path.suffix.lower() not in OPENSLIDE_SUFFIXES:
@@ -623,11 +624,11 @@ def find_slides(spec: Mapping[str, str] | Sequence[str], base: PathLike = ".") -
                 add(_stem(m), m)
         elif path.exists():
             if path.suffix.lower() not in SLIDE_SUFFIXES and not path.is_dir():
-                raise InputError(f"{path}: unsupported slide format {path.suffix!r} (slides.images); use one "
+                raise InputError(f"{path}: unsupported slide format {path.suffix!r} ({key}); use one "
                                  f"of {', '.join(SLIDE_SUFFIXES)} or convert it to a pyramidal TIFF.")
             add(_stem(path), path)
         else:
-            raise InputError(f"{path}: slide not found (slides.images in config.yaml).")
+            raise InputError(f"{path}: slide not found ({key} in config.yaml).")
     return found
 
 
