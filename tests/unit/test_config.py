@@ -106,7 +106,7 @@ def test_every_error_is_listed():
 @pytest.mark.parametrize("entry", [{"mask_type": "binary"}, {"images": "imgs"},
                                    {"generator": "muscle_fibres", "images": "a", "masks": "b"}])
 def test_dataset_needs_generator_xor_folders(entry):
-    with pytest.raises(ConfigError, match=r"datasets\.mine: give either 'generator' or both 'images' and 'masks'"):
+    with pytest.raises(ConfigError, match=r"datasets\.mine: give one of: 'generator'; both 'images' and 'masks'"):
         validate_config({"datasets": {"mine": entry}})
 
 

@@ -21,6 +21,7 @@ The package holds all logic of the Snakemake workflow; the rules only call it. T
   - :mod:`~histoflow.metrics` pixel, GlaS object, AJI, PQ, AP and per-fibre metrics;
     :mod:`~histoflow.semantic` multi-class masks and scores
   - :mod:`~histoflow.morphometry` per-object measurements; :mod:`~histoflow.qupath` GeoJSON I/O;
+    :mod:`~histoflow.annotations` slides annotated in QuPath as a dataset (regions, windows, label tiles);
     :mod:`~histoflow.figures` plots
   - :mod:`~histoflow.io` atomic file / folder writes, image and label reading with clear errors;
     :mod:`~histoflow.device` device choice, load-for-inference, halve-the-batch on out-of-memory;

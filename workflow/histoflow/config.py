@@ -84,8 +84,9 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None
             msg = e.message
             if e.validator == "additionalProperties":
                 msg += " (a typo? see workflow/schemas/config.schema.yaml for the valid keys)"
-            if e.validator == "oneOf":
-                msg = "give either 'generator' or both 'images' and 'masks'"
+            if e.validator == "oneOf" and "generator" in e.schema.get("properties", {}):
+                msg = ("give one of: 'generator'; both 'images' and 'masks'; or 'slides', 'annotations', 'mpp' and "
+                       "'classes' (slides annotated in QuPath)")
             lines.append(f"  {_path(e)}: {msg}")
         raise ConfigError("config.yaml is invalid:\n" + "\n".join(lines))
     return canonical(full)

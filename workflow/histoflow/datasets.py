@@ -6,6 +6,7 @@ and its errors name the folder or file and the fix before any job starts.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ class Dataset:
     pixel_size_um: float | None = None
     class_values: list[int] | None = None
     palette: list[list[int]] | None = None
+    valid: dict[str, str] = field(default_factory=dict)  # stem -> mask of its labelled part (annotated slides)
 
     @property
     def stems(self) -> list[str]:
@@ -88,9 +90,98 @@ def select_stems(paths: dict[str, str], stems: list[str] | None, folder: str) ->
     return {s: paths[s] for s in stems}
 
 
+@dataclass
+class SlideDataset(Dataset):
+    """A dataset of whole slides annotated in QuPath (:mod:`histoflow.annotations`).
+
+    Its images are the windows of the slides' regions, read at ``mpp`` into ``<results>/data/<name>/images/<slide>``
+    with their label tiles and region masks in ``<results>/data/<name>/labels/<slide>``; train and test are split
+    by slide, never by window.
+    """
+
+    mpp: float = 0.5
+    base_mpp: float | None = None
+    classes: dict[str, int] = field(default_factory=dict)  # QuPath classification name -> class value
+    regions: str = "Region*"  # classification pattern of the regions
+    predict_slides: str = "test"  # which slides the slide path predicts whole: test, all, none
+    slides: dict[str, str] = field(default_factory=dict)  # slide name -> file
+    annotation_files: dict[str, str] = field(default_factory=dict)  # slide name -> GeoJSON
+    windows: dict[str, list[Any]] = field(default_factory=dict)  # slide name -> its Windows
+    downsample: dict[str, float] = field(default_factory=dict)  # slide name -> level-0 pixels per working pixel
+    level0: dict[str, tuple[int, int]] = field(default_factory=dict)  # slide name -> (height, width) of level 0
+    train_slides: list[str] = field(default_factory=list)
+    test_slides: list[str] = field(default_factory=list)
+
+    def slide_of(self, stems: list[str]) -> list[str]:
+        """The slides (sorted, each once) whose windows these stems are."""
+        return sorted({s for s, ws in self.windows.items() for w in ws if w.stem in stems})
+
+
+def resolve_slide_dataset(name: str, cfg: dict[str, Any], config: dict[str, Any]) -> SlideDataset:
+    """Build a :class:`SlideDataset`: open each slide's header, read and check its annotations, window its regions.
+
+    Raises :class:`histoflow.io.InputError` naming the file and the fix for missing or bad slides and annotations.
+    """
+    from .annotations import (
+        SLIDE_DATASET_DEFAULTS,
+        annotation_file,
+        class_values,
+        load_slide_annotations,
+        region_windows,
+        window_files,
+    )
+    from .wsi.reader import find_slides, open_slide
+
+    cfg = {**SLIDE_DATASET_DEFAULTS, **cfg}
+    spec = cfg["slides"]
+    slides = {k: str(v) for k, v in find_slides([spec] if isinstance(spec, str) else spec,
+                                                key=f"datasets.{name}.slides").items()}
+    split = cfg["split"]
+    if isinstance(split, dict):
+        train, test = sorted(split.get("train", [])), sorted(split.get("test", []))
+        unknown = sorted((set(train) | set(test)) - set(slides))
+        if unknown:
+            raise InputError(f"datasets.{name}.split names slide(s) {unknown} that are not among its slides "
+                             f"{sorted(slides)}; fix the names (slide file stems).")
+        if set(train) & set(test):
+            raise InputError(f"datasets.{name}.split: slide(s) {sorted(set(train) & set(test))} are listed for both "
+                             "train and test; a slide belongs to one of them.")
+        slides = limit_stems({s: slides[s] for s in train + test}, cfg.get("limit"))
+        train, test = [s for s in train if s in slides], [s for s in test if s in slides]
+    else:
+        slides = limit_stems(slides, cfg.get("limit"))
+        train, test = split_test(sorted(slides), split, cfg["test_fraction"], config["seed"])
+    classes = class_values(cfg["classes"])
+    n_classes = len(config.get("classes") or [])
+    for cls, value in classes.items():
+        if value < 1 or (n_classes and value >= n_classes):
+            top = f"1..{n_classes - 1} (the indices of `classes` after the background)" if n_classes else ">= 1"
+            raise InputError(f"datasets.{name}.classes.{cls}: class value {value} must be {top}.")
+    base = f"{config['results']}/data/{name}"
+    d = SlideDataset(name, {}, {}, "classes" if n_classes else "instance", pixel_size_um=cfg["mpp"], mpp=cfg["mpp"],
+                     base_mpp=cfg["base_mpp"], classes=classes, regions=cfg["regions"],
+                     predict_slides=cfg["predict_slides"], train_slides=train, test_slides=test)
+    for slide, path in slides.items():
+        with contextlib.closing(open_slide(path, mpp=cfg["mpp"], base_mpp=cfg["base_mpp"])) as s:
+            lv = s.levels[0]
+            d.level0[slide], d.downsample[slide], shape = (lv.height, lv.width), s.downsample, s.shape
+        geojson = annotation_file(cfg["annotations"], slide, path)
+        ann = load_slide_annotations(geojson, d.level0[slide], classes, cfg["regions"], slide)
+        d.slides[slide], d.annotation_files[slide] = path, str(geojson)
+        d.windows[slide] = region_windows(ann, slide, d.downsample[slide], shape, cfg["tile"])
+        for w in d.windows[slide]:
+            d.images[w.stem] = f"{base}/images/{slide}/{w.stem}.png"
+            labels, region = window_files(w.stem, bool(n_classes))
+            d.masks[w.stem], d.valid[w.stem] = f"{base}/labels/{slide}/{labels}", f"{base}/labels/{slide}/{region}"
+            (d.train if slide in train else d.test).append(w.stem)
+    return d
+
+
 def resolve_dataset(name: str, cfg: dict[str, Any], config: dict[str, Any]) -> Dataset:
-    """Build a :class:`Dataset` from its config entry (generator or folders)."""
+    """Build a :class:`Dataset` from its config entry (generator, folders, or annotated slides)."""
     results = config["results"]
+    if cfg.get("slides"):
+        return resolve_slide_dataset(name, cfg, config)
     if cfg.get("generator"):
         stems = demo_stems(config["demo"]["n_images"])
         images = {s: f"{results}/data/{name}/images/{s}.png" for s in stems}
@@ -149,6 +240,8 @@ def check_classes(config: dict[str, Any]) -> None:
         raise InputError("classes: name at least 2 classes (index 0 first, usually the background), or none for "
                          "a binary workflow.")
     for name, d in config["datasets"].items():
+        if d.get("slides"):  # annotated slides: the mask type follows from `classes` (resolve_slide_dataset)
+            continue
         if classes and d["mask_type"] != "classes":
             raise InputError(f"datasets.{name}.mask_type is {d['mask_type']!r} but `classes` makes this a multi-class "
                              "workflow: set mask_type: classes (with class_values or palette if needed).")
@@ -192,3 +285,14 @@ def check_sizes(datasets: dict[str, Dataset], max_listed: int = 10) -> None:
         more = f"\n  ... and {len(problems) - max_listed} more" if len(problems) > max_listed else ""
         raise InputError("datasets: " + str(len(problems)) + " image/mask problem(s):\n  "
                          + "\n  ".join(problems[:max_listed]) + more)
+
+
+def labelled_part(dataset: dict[str, Any], stem: str) -> np.ndarray | None:
+    """The labelled pixels of one image of a dataset table (an annotated slide window's regions), else None (all).
+
+    Evaluation and the report score only these: predictions outside them are set to background, as the truth is.
+    """
+    from .io import read_image
+
+    path = (dataset.get("valid") or {}).get(stem)
+    return None if path is None else read_image(path) > 0

@@ -91,18 +91,21 @@ def unet_weight_map(
     return w
 
 
-def class_balance_map(target: np.ndarray, clip: tuple[float, float] = (0.1, 10.0)) -> np.ndarray:
+def class_balance_map(target: np.ndarray, clip: tuple[float, float] = (0.1, 10.0),
+                      valid: np.ndarray | None = None) -> np.ndarray:
     """Class-frequency balance ``float32 (H, W)`` of a binary target: ``N / (2 N_c)`` for a pixel of class ``c``.
 
     Both classes then carry half the total weight and the mean weight is 1. The weights are clipped to ``clip``;
-    all ones when the target has a single class.
+    all ones when the target has a single class. With ``valid`` (bool), only its pixels are counted and the others
+    get weight 0.
     """
     t = target > 0
-    w = np.ones(t.shape, np.float32)
-    n_pos = int(t.sum())
-    if 0 < n_pos < t.size:
-        w[t] = np.clip(t.size / (2.0 * n_pos), *clip)
-        w[~t] = np.clip(t.size / (2.0 * (t.size - n_pos)), *clip)
+    v = np.ones(t.shape, bool) if valid is None else valid.astype(bool)
+    w = v.astype(np.float32)
+    n, n_pos = int(v.sum()), int((t & v).sum())
+    if 0 < n_pos < n:
+        w[t & v] = np.clip(n / (2.0 * n_pos), *clip)
+        w[~t & v] = np.clip(n / (2.0 * (n - n_pos)), *clip)
     return w
 
 
@@ -184,6 +187,7 @@ def extract_patches(
     distance_w0: float = 10.0,
     distance_sigma: float = 3.0,
     classes: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
 ) -> Iterator[Patch]:
     """Cut patches (``size`` × ``size``) with all their targets from one image.
 
@@ -193,6 +197,8 @@ def extract_patches(
     terms, the latter per target and per image) are computed on the whole image first, so they are
     correct at patch borders. ``classes`` (``(H, W)`` class indices, multi-class workflows) is cut
     alongside; ``labels`` are then its per-class components (:func:`histoflow.semantic.class_instances`).
+    ``valid`` (bool ``(H, W)``, e.g. the annotated regions of a slide window): pixels outside it are unlabelled,
+    every loss weight is 0 there and the class balance counts only the pixels inside.
     """
     if image.shape[:2] != labels.shape:
         raise ValueError(f"{stem}: image {image.shape[:2]} and labels {labels.shape} differ in size")
@@ -201,7 +207,9 @@ def extract_patches(
     distance = distance_weight_map(boundaries, distance_w0, distance_sigma)
     fg = labels > 0
     targets = {"masks": fg, "boundaries": boundaries > 0, "interiors": fg & (boundaries == 0)}
-    balance = [class_balance_map(targets[t]) for t in TARGET_FIELDS]
+    balance = [class_balance_map(targets[t], valid=valid) for t in TARGET_FIELDS]
+    if valid is not None:
+        weights, distance = weights * valid, distance * valid
     cls = (fg if classes is None else classes).astype(np.uint8)
     image, (labels_p, boundaries, weights, distance, cls, *balance) = pad_to(
         image, [labels, boundaries, weights, distance, cls, *balance], size
@@ -355,7 +363,7 @@ def extract_dataset_patches(
     With ``classes`` (a multi-class workflow) the masks are class masks; their per-class components
     are the instance labels behind the boundary and contour-aware weight maps.
     """
-    from .io import image_size, read_rgb
+    from .io import image_size, read_image, read_rgb
     from .resample import resize_image, resize_labels, working_shape
     from .semantic import class_instances, read_truth
 
@@ -375,6 +383,7 @@ def extract_dataset_patches(
             image = read_rgb(Path(normalized_dirs[name]) / f"{stem}.png")
             truth = read_truth(d, stem, classes)
             labels = class_instances(truth) if classes else truth
+            valid = read_image(d["valid"][stem]) > 0 if stem in (d.get("valid") or {}) else None
             if image.shape[:2] != labels.shape:
                 raise ValueError(
                     f"{d['masks'][stem]}: mask is {labels.shape} but its image {d['images'][stem]} is "
@@ -384,12 +393,13 @@ def extract_dataset_patches(
             if shape != image.shape[:2]:
                 image, labels = resize_image(image, shape), resize_labels(labels, shape)
                 truth = resize_labels(truth, shape) if classes else labels
+                valid = None if valid is None else resize_labels(valid.astype(np.uint8), shape) > 0
             yield from extract_patches(
                 image, labels, f"{name}/{stem}", patches["size"], mode=mode, n_random=patches["per_image"],
                 overlap=patches["overlap"], rng=rng, boundary_width=patches["boundary_width"],
                 weight_w0=patches["weight_w0"], weight_sigma=patches["weight_sigma"],
                 distance_w0=patches["distance_w0"], distance_sigma=patches["distance_sigma"],
-                classes=truth if classes else None,
+                classes=truth if classes else None, valid=valid,
             )
 
     # Validation always uses the grid, so its score does not depend on random crops.

@@ -6,7 +6,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from histoflow.config import validate_config  # noqa: E402
 from histoflow.config import check_architectures, check_ensembles, check_models, check_names  # noqa: E402
-from histoflow.datasets import check_sizes, resolve_datasets  # noqa: E402
+from histoflow.datasets import SlideDataset, check_sizes, resolve_datasets  # noqa: E402
 from histoflow.smk import one_of  # noqa: E402
 
 _full = validate_config(config)
@@ -26,6 +26,8 @@ PREDICTORS = MODELS + ENSEMBLES  # everything that is predicted, post-processed 
 VOLUMES = list(config["volumes"])
 VOLUME_MODELS = list(config["volume_models"]) if VOLUMES else []
 TEST_DATASETS = [name for name, d in DATASETS.items() if d.test]
+GENERATED = [name for name in DATASETS if config["datasets"][name].get("generator")]
+ANNOTATED = {name: d for name, d in DATASETS.items() if isinstance(d, SlideDataset)}  # slides annotated in QuPath
 TRAIN_DATASETS = [name for name, d in DATASETS.items() if d.train]
 ENV = "../../envs/histoflow.yaml"
 
@@ -46,6 +48,10 @@ def raw_inputs(name, stems=None, masks=True):
     if config["datasets"][name].get("generator"):
         return [f"{RESULTS}/data/{name}"]
     d = DATASETS[name]
+    if name in ANNOTATED:  # the folders of the slides' windows: one slide's labels, images, per rule
+        slides = d.slide_of(d.stems if stems is None else stems)
+        return [f"{RESULTS}/data/{name}/images/{s}" for s in slides] + (
+            [f"{RESULTS}/data/{name}/labels/{s}" for s in slides] if masks else [])
     stems = d.stems if stems is None else stems
     return [d.images[s] for s in stems] + ([d.masks[s] for s in stems] if masks else [])
 
@@ -71,8 +77,8 @@ def stain_target_image():
 def stain_target_inputs(wildcards):
     """The target image file, or the generated dataset folder that will contain it."""
     target = stain_target_image()
-    generated = [f"{RESULTS}/data/{n}" for n in DATASETS if config["datasets"][n].get("generator")]
-    return [g for g in generated if target.startswith(f"{g}/")] or [target]
+    made = [f for n in [*GENERATED, *ANNOTATED] for f in raw_inputs(n, masks=False)]  # folders a rule writes
+    return [f for f in made if target.startswith(f"{f}/")] or [target]
 
 
 def patch_inputs(wildcards):
@@ -94,9 +100,15 @@ def dataset_table(names):
             "pixel_size_um": DATASETS[n].pixel_size_um,
             "class_values": DATASETS[n].class_values,
             "palette": DATASETS[n].palette,
+            "valid": DATASETS[n].valid,
         }
         for n in names
     }
+
+
+def annotated_windows(wildcards):
+    """A slide's windows as JSON (stem, region, y, x, h, w at the dataset's mpp)."""
+    return [vars(w) for w in ANNOTATED[wildcards.dataset].windows[wildcards.slide]]
 
 
 def _weights_input(model):

@@ -4,9 +4,27 @@ from histoflow.config import ConfigError  # noqa: E402
 from histoflow.wsi import find_slides, root_file  # noqa: E402
 
 
+def _annotated_slides():
+    """The annotated slides predicted whole (datasets' predict_slides); their resolution is the dataset's mpp unless
+    slides.mpp or slides.level says otherwise."""
+    cfg, slides = config["slides"], {}
+    for name, d in ANNOTATED.items():
+        chosen = {"test": d.test_slides, "all": list(d.slides), "none": []}[d.predict_slides]
+        slides |= {s: d.slides[s] for s in chosen}
+        if chosen and cfg["mpp"] is None and cfg["level"] is None:
+            cfg["mpp"] = d.mpp
+            cfg["base_mpp"] = cfg["base_mpp"] or d.base_mpp
+    return slides
+
+
 def _slides_setup():
     cfg = config["slides"]
     slides = {n: str(p) for n, p in find_slides(cfg["images"], ".").items()} if cfg["images"] else {}
+    for name, path in _annotated_slides().items():
+        if slides.get(name, path) != path:
+            raise ConfigError(f"config.yaml is invalid:\n  slides.images: {name!r} is {slides[name]}, but an annotated "
+                              f"dataset's slide of that name is {path}; rename one of them.")
+        slides[name] = path
     if not slides:
         return {}, None
     if cfg["mpp"] is not None and cfg["level"] is not None:

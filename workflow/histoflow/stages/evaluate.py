@@ -60,6 +60,7 @@ def run_evaluate(
         return evaluate_classes(instances_dir, dataset, classes, out_tsv, out_summary, predictions_dir)
     import pandas as pd
 
+    from ..datasets import labelled_part
     from ..io import atomic_path, read_image
     from ..metrics import (
         average_precision,
@@ -75,6 +76,9 @@ def run_evaluate(
     for stem in dataset["test"]:
         pred = read_image(Path(instances_dir) / f"{stem}.tif").astype(np.int64)
         gt = read_labels(dataset["masks"][stem], dataset["mask_type"])
+        valid = labelled_part(dataset, stem)
+        if valid is not None:  # an annotated slide's window: only its regions are labelled
+            pred[~valid], gt[~valid] = 0, 0
         fibre = per_fibre_precision_recall(pred, gt)  # skipped on images without ground-truth objects
         row = {"image": stem, **evaluate_instances(pred, gt),
                **({f"fibre_{k}": fibre[k] for k in ("precision", "recall", "f1")} if fibre["n_gt"] else {})}
@@ -178,6 +182,7 @@ def evaluate_classes(
     """
     import pandas as pd
 
+    from ..datasets import labelled_part
     from ..io import atomic_path, read_image
     from ..metrics import summarize
     from ..semantic import (
@@ -194,7 +199,9 @@ def evaluate_classes(
     for stem in dataset["test"]:
         pred = read_image(Path(classes_dir) / f"{stem}.tif")
         truth = read_truth(dataset, stem, classes)
-        cm = confusion_matrix(pred, truth, len(classes))
+        valid = labelled_part(dataset, stem)
+        cm = confusion_matrix(pred, truth, len(classes)) if valid is None else confusion_matrix(
+            pred[valid], truth[valid], len(classes))
         pooled += cm
         row = {"image": stem, **class_metrics(cm, classes)}
         if soft is not None:

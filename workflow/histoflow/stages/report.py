@@ -192,6 +192,7 @@ def overlay_figures(
     results: str, model: str, dname: str, dataset: dict[str, Any], n: int, alpha: float, out_dir: Path, dpi: int
 ) -> list[Path]:
     """Error overlays for the first ``n`` test images (PNG files in ``out_dir``)."""
+    from ..datasets import labelled_part
     from ..metrics import evaluate_instances
 
     plt = pyplot()
@@ -200,6 +201,10 @@ def overlay_figures(
         image = read_rgb(Path(results) / "normalized" / dname / f"{stem}.png")
         pred = read_image(Path(results) / "instances" / model / dname / f"{stem}.tif").astype(np.int64)
         gt = read_labels(dataset["masks"][stem], dataset["mask_type"])
+        valid = labelled_part(dataset, stem)
+        if valid is not None:  # an annotated slide's window: what lies outside its regions is not scored (dimmed)
+            pred[~valid], gt[~valid] = 0, 0
+            image = np.where(valid[..., None], image, image // 2)
         m = evaluate_instances(pred, gt)
         fig, axes = plt.subplots(1, 2, figsize=(9, 5))
         axes[0].imshow(image)

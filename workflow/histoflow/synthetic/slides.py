@@ -105,3 +105,72 @@ def _ordered_map(fn: Callable[[Any], Any], items: Iterator[Any], workers: int) -
         for f in pending:
             yield f.result()
 
+
+
+def write_pyramid(path: PathLike, image: np.ndarray, *, mpp: float, levels: int = 3, tile: int = 256,
+                  compression: str = "zlib") -> Path:
+    """Write an in-memory ``uint8 (H, W, 3)`` image as a pyramidal tiled TIFF, as :func:`write_synthetic_slide` does.
+
+    Level ``n`` is the 2 x 2 mean of level ``n - 1`` (rounded), so a level read back equals that mean of the one
+    above exactly (lossless ``zlib`` tiles by default).
+    """
+    import tifffile
+
+    path = Path(path)
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tw:
+        level = np.asarray(image, np.uint8)
+        for n in range(levels):
+            if n:
+                h, w = level.shape[0] // 2 * 2, level.shape[1] // 2 * 2
+                if min(h, w) < 2:
+                    break
+                blocks = level[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).astype(np.float32)
+                level = np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)
+            res = 1e4 / (mpp * 2**n)
+            tw.write(level, tile=(tile, tile), compression=compression, photometric="rgb",
+                     subfiletype=0 if n == 0 else 1, resolution=(res, res), resolutionunit="CENTIMETER", metadata=None)
+    return path
+
+
+def annotated_slide(size: tuple[int, int], seed: int = 0, radius: tuple[float, float] = (9.0, 16.0),
+                    n_nuclei: int = 120) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray]:
+    """A synthetic H&E-like slide of round nuclei and its QuPath annotations (the README example, tests).
+
+    Returns the ``uint8 (H, W, 3)`` image, the GeoJSON features (nuclei as 48-gons classified ``Nucleus``, the two
+    regions as rectangles classified ``Region``; only the nuclei that reach into a region are drawn, as a pathologist
+    labels a few areas completely) and the ``int32 (H, W)`` labels of every nucleus (pixels whose centre
+    lies inside its polygon).
+    """
+    from ..qupath import geometry_mask
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    noise = rng.normal(0, 6, (h, w, 1))
+    image = np.array([232, 182, 212], np.float32) + noise  # eosin-pink stroma
+    labels = np.zeros(size, np.int32)
+    features: list[dict[str, Any]] = []
+    centres: list[tuple[float, float, float]] = []
+    for _ in range(50 * n_nuclei):
+        if len(centres) == n_nuclei:
+            break
+        r = rng.uniform(*radius)
+        cy, cx = rng.uniform(r + 2, h - r - 2), rng.uniform(r + 2, w - r - 2)
+        if all((cy - y) ** 2 + (cx - x) ** 2 > (r + q + 3) ** 2 for y, x, q in centres):
+            centres.append((cy, cx, r))
+    boxes = ((0.05, 0.05, 0.45, 0.55), (0.55, 0.4, 0.95, 0.95))  # the regions, as fractions (y0, x0, y1, x1)
+    angles = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    for k, (cy, cx, r) in enumerate(centres, start=1):
+        ring = [[float(cx + r * np.cos(a)), float(cy + r * np.sin(a))] for a in angles]
+        geometry = {"type": "Polygon", "coordinates": [ring + ring[:1]]}
+        inside = geometry_mask(geometry, size)
+        labels[inside] = k
+        shade = rng.uniform(0.85, 1.15)
+        image[inside] = np.array([92, 52, 140], np.float32) * shade + noise[inside]  # haematoxylin-blue nuclei
+        if any(y0 * h - r <= cy <= y1 * h + r and x0 * w - r <= cx <= x1 * w + r for y0, x0, y1, x1 in boxes):
+            features.append({"type": "Feature", "id": f"nucleus-{k}", "geometry": geometry,
+                             "properties": {"objectType": "annotation", "classification": {"name": "Nucleus"}}})
+    for y0, x0, y1, x1 in boxes:
+        ring = [[x0 * w, y0 * h], [x1 * w, y0 * h], [x1 * w, y1 * h], [x0 * w, y1 * h], [x0 * w, y0 * h]]
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                         "properties": {"objectType": "annotation", "classification": {"name": "Region"}}})
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), features, labels
