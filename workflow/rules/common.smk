@@ -28,6 +28,7 @@ VOLUME_MODELS = list(config["volume_models"]) if VOLUMES else []
 TEST_DATASETS = [name for name, d in DATASETS.items() if d.test]
 GENERATED = [name for name in DATASETS if config["datasets"][name].get("generator")]
 ANNOTATED = {name: d for name, d in DATASETS.items() if isinstance(d, SlideDataset)}  # slides annotated in QuPath
+ANNOTATED_SLIDES = sorted({s for d in ANNOTATED.values() for s in d.slides})
 TRAIN_DATASETS = [name for name, d in DATASETS.items() if d.train]
 ENV = "../../envs/histoflow.yaml"
 
@@ -48,7 +49,7 @@ def raw_inputs(name, stems=None, masks=True):
     if config["datasets"][name].get("generator"):
         return [f"{RESULTS}/data/{name}"]
     d = DATASETS[name]
-    if name in ANNOTATED:  # the folders of the slides' windows: one slide's labels, images, per rule
+    if name in ANNOTATED:  # per slide, a folder of its windows' images and one of their labels, each from one job
         slides = d.slide_of(d.stems if stems is None else stems)
         return [f"{RESULTS}/data/{name}/images/{s}" for s in slides] + (
             [f"{RESULTS}/data/{name}/labels/{s}" for s in slides] if masks else [])

@@ -21,6 +21,7 @@ rule annotated_images:
     """The windows of an annotated slide's regions, read from the slide at the dataset's mpp (one image each)."""
     wildcard_constraints:
         dataset=one_of(list(ANNOTATED)),
+        slide=one_of(ANNOTATED_SLIDES),
     input:
         slide=lambda wc: ANNOTATED[wc.dataset].slides[wc.slide],
     output:
@@ -44,6 +45,7 @@ rule annotated_labels:
     """The label tiles and region masks of an annotated slide's windows, rasterised from its QuPath GeoJSON."""
     wildcard_constraints:
         dataset=one_of(list(ANNOTATED)),
+        slide=one_of(ANNOTATED_SLIDES),
     input:
         annotations=lambda wc: ANNOTATED[wc.dataset].annotation_files[wc.slide],
     output:
