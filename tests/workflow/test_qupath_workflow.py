@@ -23,7 +23,6 @@ from histoflow.synthetic.qupath_example import write_example
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 768  # level-0 edge of each synthetic slide
 
-pytestmark = pytest.mark.slow
 
 
 def example_config() -> dict:
@@ -35,6 +34,23 @@ def example_config() -> dict:
     return cfg
 
 
+def test_bad_annotations_stop_the_dry_run(tmp_path):
+    """A classification the dataset does not know stops Snakemake before any job, naming file, feature and fix."""
+    write_example(tmp_path / "qupath_example", n_slides=2, size=256)
+    path = tmp_path / "qupath_example" / "geojson" / "slide_2.geojson"
+    fc = json.loads(path.read_text())
+    fc["features"][0]["properties"]["classification"]["name"] = "Nuclues"
+    path.write_text(json.dumps(fc))
+    cfg = example_config()
+    cfg["datasets"]["nuclei"]["split"] = "auto"
+    write_config(tmp_path, cfg)
+    proc = smk(tmp_path, "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "annotated_images" not in proc.stdout
+    assert "slide_2.geojson: feature 0 (id nucleus-" in out and "the classification 'Nuclues'" in out
+    assert "the dataset knows classes ['Nucleus'] or regions matching 'Region*'" in out
+
+
 @pytest.fixture(scope="module")
 def qupath_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("qupath")
@@ -44,12 +60,14 @@ def qupath_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_regions_are_scored_as_test_images(qupath_run):
     summary = read_json(qupath_run / "results" / "metrics" / "unet" / "nuclei_summary.json")
     assert summary["n_images"] == 2  # slide 3's two regions
     assert summary["object_f1_pooled"] > 0.9 and summary["pixel_f1_mean"] > 0.85
 
 
+@pytest.mark.slow
 def test_slide_objects_match_the_slides_labels(qupath_run):
     """The test slide's GeoJSON, filled back at level 0, finds the slide's nuclei (those outside the regions too)."""
     fc = json.loads((qupath_run / "results" / "slides" / "slide_3" / "unet" / "objects.geojson").read_text())
@@ -69,6 +87,7 @@ def _edit(path: Path, which: str) -> None:
     path.write_text(json.dumps(fc))
 
 
+@pytest.mark.slow
 def test_editing_one_slides_geojson_reruns_what_depends_on_it(qupath_run):
     geo = qupath_run / "qupath_example" / "geojson"
     _edit(geo / "slide_3.geojson", "Nucleus")  # a test slide's object: its labels and the evaluation only
