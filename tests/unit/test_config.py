@@ -404,3 +404,15 @@ def test_image_and_mask_sizes_are_checked_for_test_images_too(tmp_path):
     (tmp_path / "b_mask.png").write_bytes(b"")
     with pytest.raises(InputError, match=r"b_mask.png: the file is empty"):
         check_sizes({"d": Dataset("d", paths, masks, "instance", ["a"], ["b"])})
+
+
+def test_validation_search_needs_a_validation_stack():
+    from histoflow.config import check_volumes
+
+    cfg = validate_config({"volumes": {"v": {"train": "a", "target": "b"}}})
+    with pytest.raises(ConfigError, match=r"volumes.v: the graph-cut parameters are chosen on a validation stack"):
+        check_volumes(cfg)
+    check_volumes(validate_config({"volumes": {"v": {"train": "a", "target": "b", "validation": "c"}}}))
+    check_volumes(validate_config({"volumes": {"v": {"train": "a", "target": "b"}},
+                                   "graphcut": {"search": "training_slices"}}))
+    check_volumes(validate_config({"volumes": {"v": {"generator": "organ_stack"}}}))  # generated: has one

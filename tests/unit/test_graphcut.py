@@ -307,6 +307,24 @@ def test_search_parameters_picks_known_good_params():
     assert best_dice["gamma"] == 1.0 and "dice" in table_dice.columns and len(table_dice) == 2
 
 
+def test_search_parameters_scores_the_seeded_cut():
+    """The search cuts with the seeds it is given (the volume stage's 3-D search with scribbles).
+
+    Known answer: a 3-slice stack whose organ (a disk on every slice) has probability 0.3, below one half, so
+    every unseeded cut (thresholding, or smoothing that only removes pixels) is empty, IoU 0; with the whole
+    organ seeded as foreground and a background seed everywhere else, every candidate returns the truth, IoU 1.
+    """
+    disk = np.stack([_disk((32, 32), 10)] * 3)
+    prob = np.where(disk, 0.3, 0.05)
+    seeds = np.where(disk, 1, 2).astype(np.uint8)
+    grid = dict(gammas=[0.0, 2.0], sigmas=[0.1], deltas=[0.0, 0.2], spacing=(4.0, 1.0, 1.0))
+    _, unseeded = search_parameters(prob, None, disk, **grid)
+    best, seeded = search_parameters(prob, None, disk, seeds=seeds, **grid)
+    assert (unseeded.iou == 0.0).all() and (seeded.iou == 1.0).all() and best["iou"] == 1.0
+    with pytest.raises(ValueError, match="seeds must hold one entry per case"):
+        search_parameters([prob, prob], None, [disk, disk], [1.0], [0.1], [0.0], seeds=[seeds])
+
+
 # --------------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------------

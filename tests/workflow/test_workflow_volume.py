@@ -1,6 +1,7 @@
 """The volume stage through Snakemake: a tiny synthetic stack, Vahadane-normalized as the M-Unet paper does, user
-scribbles, the ablation table, and that editing the scribbles reruns only DDML → graph cut → evaluation (and the
-report) while changing the stain normalization reruns everything that reads the stacks' pixels."""
+scribbles, graph-cut parameters chosen in 3-D with seeds on a validation stack, the ablation table, and that editing
+the scribbles reruns only DDML → graph cut → evaluation (and the report) while changing the stain normalization
+reruns everything that reads the stacks' pixels."""
 
 from __future__ import annotations
 
@@ -56,6 +57,21 @@ def test_volume_stage_produces_the_ablation_table(volume_run):
 
 
 @pytest.mark.slow
+def test_graph_cut_parameters_are_chosen_in_3d_on_the_validation_stack(volume_run):
+    import json
+
+    import tifffile
+
+    r = volume_run / "results" / "volumes" / "organ"
+    params = json.loads((r / "graphcut_params.json").read_text())
+    assert params["protocol"] == "validation stack, 3-D, scribbles as seeds"
+    assert len(params["table"]) == 2 and params["best"]["gamma"] in (0.0, 1.0)  # the config's grid
+    h = tifffile.imread(r / "validation" / "refined.tif")
+    assert h.shape == (VOLUME["n_slices"], VOLUME["size"], VOLUME["size"])
+    assert len(list((r / "data" / "val" / "labels").glob("*.png"))) == VOLUME["n_slices"]
+
+
+@pytest.mark.slow
 def test_graph_cut_respects_the_scribbles(volume_run):
     import tifffile
 
@@ -75,8 +91,8 @@ def test_editing_scribbles_reruns_only_ddml_graphcut_evaluation(volume_run):
         jobs = planned_jobs(smk(volume_run, "-n", "results/volumes/organ/ablation.tsv", "results/report.html").stdout)
     finally:
         path.write_bytes(original)
-    assert jobs == {"ddml[volume=organ]", "search_graphcut[volume=organ]", "graphcut_volume[volume=organ]",
-                    "evaluate_volume[volume=organ]", "report"}
+    # the graph-cut parameters are chosen on the validation stack with its own scribbles: they stay
+    assert jobs == {"ddml[volume=organ]", "graphcut_volume[volume=organ]", "evaluate_volume[volume=organ]", "report"}
 
 
 @pytest.mark.slow

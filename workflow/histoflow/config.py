@@ -223,6 +223,18 @@ def check_names(config: dict[str, Any]) -> None:
         raise ConfigError("config.yaml is invalid:\n" + "\n".join(errors))
 
 
+def check_volumes(config: dict[str, Any]) -> None:
+    """``graphcut.search: validation`` needs a validation stack for every volume that is not generated."""
+    if config["graphcut"]["search"] != "validation":
+        return
+    for name, spec in (config.get("volumes") or {}).items():
+        if not spec.get("generator") and not spec.get("validation"):
+            raise ConfigError(f"config.yaml is invalid:\n  volumes.{name}: the graph-cut parameters are chosen on a "
+                              "validation stack (graphcut.search: validation); give one as volumes."
+                              f"{name}.validation (a labelled stack like train, never trained on), or set "
+                              "graphcut.search: training_slices.")
+
+
 def check_models(config: dict[str, Any]) -> None:
     """Settings an instance model cannot honour fail when the workflow is parsed, not after training."""
     errors = []

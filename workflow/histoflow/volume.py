@@ -423,11 +423,15 @@ def write_tiff_stack(path: PathLike, mask: np.ndarray) -> Path:
 
 
 def stack_paths(spec: dict[str, Any], data_dir: PathLike | None) -> dict[str, str]:
-    """Folders of the training and target stacks, for a generated or an on-disk volume."""
+    """Folders of the training, target and (where there is one) validation stacks of a generated or on-disk volume.
+
+    A generated volume always has a validation stack (``val``); an on-disk one when ``validation`` names a folder.
+    """
     if spec.get("generator"):
         d = Path(data_dir)
-        return {"train": str(d / "train"), "target": str(d / "target")}
-    return {"train": spec["train"], "target": spec["target"]}
+        return {"train": str(d / "train"), "target": str(d / "target"), "val": str(d / "val")}
+    return {"train": spec["train"], "target": spec["target"]} | (
+        {"val": spec["validation"]} if spec.get("validation") else {})
 
 
 def stack_as_dataset(stack_dir: PathLike) -> tuple[dict[str, Any], str]:

@@ -6,6 +6,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from histoflow.config import validate_config  # noqa: E402
 from histoflow.config import check_architectures, check_ensembles, check_models, check_names  # noqa: E402
+from histoflow.config import check_volumes  # noqa: E402
 from histoflow.datasets import SlideDataset, check_sizes, resolve_datasets  # noqa: E402
 from histoflow.smk import one_of  # noqa: E402
 
@@ -24,6 +25,7 @@ ENSEMBLES = check_ensembles(config)
 check_models(config)
 PREDICTORS = MODELS + ENSEMBLES  # everything that is predicted, post-processed and evaluated
 VOLUMES = list(config["volumes"])
+check_volumes(config)
 VOLUME_MODELS = list(config["volume_models"]) if VOLUMES else []
 TEST_DATASETS = [name for name, d in DATASETS.items() if d.test]
 GENERATED = [name for name in DATASETS if config["datasets"][name].get("generator")]
@@ -183,10 +185,21 @@ def volume_stacks(wildcards):
 
 def volume_dirs(wildcards):
     """The stack folders those rules read (``train``, ``target``): normalized ones when the volume has a stain."""
+    raw = raw_volume_dirs(wildcards)
     if _stain_normalized(wildcards.volume):
         base = f"{RESULTS}/volumes/{wildcards.volume}/normalized"
-        return {"train": f"{base}/train", "target": f"{base}/target"}
-    return raw_volume_dirs(wildcards)
+        return {part: f"{base}/{part}" for part in raw}
+    return raw
+
+
+def graphcut_search_inputs(wildcards):
+    """What the graph-cut search reads: the validation stack's DDML output, stack and scribbles (graphcut.search:
+    validation), or the training slices' in-sample DDML output and features (training_slices)."""
+    base = f"{RESULTS}/volumes/{wildcards.volume}"
+    if config["graphcut"]["search"] == "training_slices":
+        return {"train": f"{base}/ddml/refined_train.npz", "features": f"{base}/features.h5"}
+    return {"refined": f"{base}/validation/refined.tif", "scribbles": f"{base}/validation/scribbles.tif",
+            "stacks": volume_stacks(wildcards)}
 
 
 def volume_scribbles(wildcards):

@@ -127,15 +127,54 @@ rule ddml:
         "../scripts/ddml.py"
 
 
-rule search_graphcut:
-    """Grid search of gamma, sigma, delta on the training slices (never on the target)."""
+rule validation_scribbles:
+    """Strokes on every n-th slice of the validation stack, from its labels (the graph-cut search's seeds)."""
     input:
-        train=f"{RESULTS}/volumes/{{volume}}/ddml/refined_train.npz",
+        volume_data,
+    output:
+        f"{RESULTS}/volumes/{{volume}}/validation/scribbles.tif",
+    params:
+        dirs=raw_volume_dirs,
+        every=lambda wc: config["volumes"][wc.volume]["scribble_every"],
+        seed=config["seed"] + 1,  # not the target's strokes
+    log:
+        f"{RESULTS}/logs/validation_scribbles/{{volume}}.log",
+    threads: 1
+    conda:
+        ENV
+    script:
+        "../scripts/validation_scribbles.py"
+
+
+rule ddml_validation:
+    """DDML trained on the validation stack's scribbles (+ training pixels): its refined probability h."""
+    input:
         features=f"{RESULTS}/volumes/{{volume}}/features.h5",
+        scribbles=f"{RESULTS}/volumes/{{volume}}/validation/scribbles.tif",
+    output:
+        f"{RESULTS}/volumes/{{volume}}/validation/refined.tif",
+    params:
+        ddml=config["ddml"],
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/ddml_validation/{{volume}}.log",
+    threads: workflow.cores
+    conda:
+        ENV
+    script:
+        "../scripts/ddml_validation.py"
+
+
+rule search_graphcut:
+    """Grid search of gamma, sigma, delta: 3-D with seeds on the validation stack (or 2-D on training slices)."""
+    input:
+        unpack(graphcut_search_inputs),
     output:
         f"{RESULTS}/volumes/{{volume}}/graphcut_params.json",
     params:
         grid=config["graphcut"],
+        dirs=volume_dirs,
+        spacing=lambda wc: config["volumes"][wc.volume].get("spacing_um"),
     log:
         f"{RESULTS}/logs/search_graphcut/{{volume}}.log",
     threads: 1

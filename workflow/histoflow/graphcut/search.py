@@ -39,6 +39,7 @@ def search_parameters(
     connectivity: int | None = None,
     spacing: Sequence[float] | None = None,
     banded: bool = False,
+    seeds: np.ndarray | Sequence[np.ndarray | None] | None = None,
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """Grid search of ``gamma``, ``sigma`` and ``delta`` on validation data.
 
@@ -59,6 +60,9 @@ def search_parameters(
         Passed to :func:`graphcut`.
     banded : bool
         Use :func:`graphcut_banded` (default band and margin) instead of :func:`graphcut`.
+    seeds : np.ndarray or sequence, optional
+        Hard seeds per case (1 = foreground, 2 = background, as :func:`graphcut` takes them): search the
+        parameters for the cut they will be used in, e.g. a 3-D cut with the user's scribbles.
 
     Returns
     -------
@@ -97,6 +101,9 @@ def search_parameters(
             f"prob, image and truth must hold the same number of cases, got {len(probs)}, "
             f"{len(images)} and {len(truths)}"
         )
+    seed_list = [seeds] if single else (list(seeds) if seeds is not None else [None] * len(probs))
+    if len(seed_list) != len(probs):
+        raise ValueError(f"seeds must hold one entry per case, got {len(seed_list)} for {len(probs)}")
     masks = []
     for i, (p, t) in enumerate(zip(probs, truths, strict=True)):
         t = np.asarray(t)
@@ -108,11 +115,12 @@ def search_parameters(
     for gamma, sigma, delta in itertools.product(gammas, sigmas, deltas):
         scores = [
             _score(
-                cut(p, im, gamma=gamma, sigma=sigma, delta=delta, connectivity=connectivity, spacing=spacing),
+                cut(p, im, gamma=gamma, sigma=sigma, delta=delta, connectivity=connectivity, spacing=spacing,
+                    seeds=s),
                 t,
                 metric,
             )
-            for p, im, t in zip(probs, images, masks, strict=True)
+            for p, im, t, s in zip(probs, images, masks, seed_list, strict=True)
         ]
         rows.append(
             {

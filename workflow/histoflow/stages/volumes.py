@@ -18,23 +18,26 @@ from ..io import PathLike, atomic_path, read_json, write_json
 log = logging.getLogger(__name__)
 
 def run_volume_data(out_dir: PathLike, spec: dict[str, Any]) -> None:
-    """Write ``train/`` and ``target/`` synthetic organ stacks (images + labels) into ``out_dir``."""
+    """Write ``train/``, ``target/`` and ``val/`` synthetic organ stacks (images + labels) into ``out_dir``.
+
+    ``val`` is a third, independent stack: the graph-cut parameters are chosen on it (:func:`run_search_graphcut`).
+    """
     from ..synthetic.organs import make_organ_stack
     from ..volume import write_stack
 
     shape = (spec["n_slices"], spec["size"], spec["size"])
-    for part, seed in (("target", spec["seed"]), ("train", spec["seed"] + 1000)):
+    for part, seed in (("target", spec["seed"]), ("train", spec["seed"] + 1000), ("val", spec["seed"] + 2000)):
         images, labels = make_organ_stack(seed, shape)
         write_stack(Path(out_dir) / part, images, labels)
         log.info("%s stack: %s, organ fraction %.3f", part, images.shape, labels.mean())
 
 
 def run_normalize_volume(dirs: dict[str, str], out_dir: PathLike, method: str) -> dict[str, Any]:
-    """Stain-normalize the training and target stacks into ``out_dir/train`` and ``out_dir/target``.
+    """Stain-normalize the training, target (and validation) stacks into ``out_dir/<part>``.
 
     As the M-Unet paper colour-normalizes each volume with Vahadane's method before anything else: one
-    normalizer, fitted on the middle slice of the training stack, maps every slice of both stacks to that
-    slice's stains (so the target's stain drift along z is removed and both stacks look alike). Labels are
+    normalizer, fitted on the middle slice of the training stack, maps every slice of every stack to that
+    slice's stains (so the target's stain drift along z is removed and the stacks look alike). Labels are
     copied unchanged. Writes ``out_dir/stain.json`` (the fitted normalizer) and returns what it did.
     """
     from ..stain import get_normalizer, save_normalizer
@@ -45,7 +48,8 @@ def run_normalize_volume(dirs: dict[str, str], out_dir: PathLike, method: str) -
     ref = len(train) // 2
     norm = get_normalizer(method).fit(train[ref])
     save_normalizer(norm, out / "stain.json")
-    for part, (images, labels) in (("train", (train, train_labels)), ("target", read_stack(dirs["target"]))):
+    others = ((part, read_stack(d)) for part, d in dirs.items() if part != "train")
+    for part, (images, labels) in (("train", (train, train_labels)), *others):
         write_stack(out / part, np.stack([norm.transform(s) for s in images]), labels)
         log.info("%s stack: %d slices normalized (%s, reference: training slice %d)", part, len(images), method, ref)
     return {"method": method, "reference_slice": ref}
@@ -98,9 +102,10 @@ def run_volume_features(model_dir: PathLike, dirs: dict[str, str], predict: dict
                         device: str, out_h5: PathLike) -> None:
     """M-Unet per-pixel features (the layer before its last 1×1 conv) into HDF5.
 
-    ``target/features (Z, H, W, F)`` float16 for every target slice, and ``train/features``,
-    ``train/labels`` for every ``train_every``-th training slice (training pixels for DDML and the
-    slices on which the graph-cut parameters are chosen); ``*/prob`` the M-Unet probability.
+    ``target/features (Z, H, W, F)`` float16 for every target slice (and ``val/features`` for every slice of the
+    validation stack, when ``dirs`` has one), and ``train/features``, ``train/labels`` for every
+    ``train_every``-th training slice (training pixels for DDML; without a validation stack, the slices on which
+    the graph-cut parameters are chosen); ``*/prob`` the M-Unet probability.
     """
     import torch
     from tqdm import tqdm
@@ -117,9 +122,9 @@ def run_volume_features(model_dir: PathLike, dirs: dict[str, str], predict: dict
         return torch.cat([torch.sigmoid(model.head(f)), f], dim=1)
 
     with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
-        for part in ("target", "train"):
+        for part in ("target", "train", "val")[: 3 if "val" in dirs else 2]:
             images, labels = read_stack(dirs[part])
-            idx = np.arange(len(images)) if part == "target" else np.arange(0, len(images), train_every)
+            idx = np.arange(0, len(images), train_every) if part == "train" else np.arange(len(images))
             g = h5.create_group(part)
             g["slices"] = idx
             feats = probs = None
@@ -136,25 +141,14 @@ def run_volume_features(model_dir: PathLike, dirs: dict[str, str], predict: dict
             g["images"] = images[idx]
 
 
-def run_ddml(features_h5: PathLike, scribbles: PathLike, ddml: dict[str, Any], seed: int,
-             out_target: PathLike, out_train: PathLike) -> None:
-    """Train DDML on scribble pixels (+ sampled training pixels) and write the refined probability ``h``.
-
-    ``h`` is written for the target (TIFF) and for the training slices (NPZ, for the graph-cut search).
-    """
-    import tifffile
-
-    from ..ddml import refined_probability, train_discriminator, train_metric
-    from ..scribbles import read_scribbles
+def _fit_ddml(features: np.ndarray, seeds: np.ndarray, train_f: np.ndarray, train_y: np.ndarray,
+              ddml: dict[str, Any], seed: int, scribbles: PathLike):
+    """DDML's metric network and discriminator: trained on the scribbled pixels plus sampled training pixels."""
+    from ..ddml import train_discriminator, train_metric
 
     rng = np.random.default_rng(seed)
-    with h5py.File(features_h5, "r") as h5:
-        tf = h5["target/features"][...].astype(np.float32)
-        train_f = h5["train/features"][...].astype(np.float32)
-        train_y = h5["train/labels"][...]
-    seeds = read_scribbles(scribbles, tf.shape[:3])
     xs, ys = (
-        [tf[seeds == 1], tf[seeds == 2]],
+        [features[seeds == 1], features[seeds == 2]],
         [np.ones((seeds == 1).sum(), np.int64), np.zeros((seeds == 2).sum(), np.int64)],
     )
     if len(xs[0]) == 0 or len(xs[1]) == 0:
@@ -168,25 +162,80 @@ def run_ddml(features_h5: PathLike, scribbles: PathLike, ddml: dict[str, Any], s
     log.info("DDML on %d pixels (%d from scribbles), %d features", len(x), int((seeds > 0).sum()), x.shape[1])
     net = train_metric(x, y, dims=tuple(ddml["dims"]), tau=ddml["tau"], beta=ddml["beta"], lam=ddml["lam"],
                        steps=ddml["steps"], seed=seed)
-    head = train_discriminator(net, x, y, seed=seed)
+    return net, train_discriminator(net, x, y, seed=seed)
+
+
+def run_ddml(features_h5: PathLike, scribbles: PathLike, ddml: dict[str, Any], seed: int,
+             out_target: PathLike, out_train: PathLike | None = None, part: str = "target") -> None:
+    """Train DDML on a stack's scribble pixels (+ sampled training pixels) and write its refined probability ``h``.
+
+    ``part`` is the stack of ``features_h5`` (``target``, or ``val``: the validation stack with its own scribbles, on
+    which the graph-cut parameters are chosen as they are used). ``h`` is written as a TIFF (``out_target``) and,
+    with ``out_train``, for the training slices too (NPZ, for the search on training slices).
+    """
+    import tifffile
+
+    from ..ddml import refined_probability
+    from ..scribbles import read_scribbles
+
+    with h5py.File(features_h5, "r") as h5:
+        tf = h5[f"{part}/features"][...].astype(np.float32)
+        train_f = h5["train/features"][...].astype(np.float32)
+        train_y = h5["train/labels"][...]
+    seeds = read_scribbles(scribbles, tf.shape[:3])
+    net, head = _fit_ddml(tf, seeds, train_f, train_y, ddml, seed, scribbles)
     with atomic_path(out_target) as tmp:
         tifffile.imwrite(tmp, refined_probability(net, head, tf), compression="zlib")
-    with atomic_path(out_train) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, h=refined_probability(net, head, train_f))
+    if out_train is not None:
+        with atomic_path(out_train) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, h=refined_probability(net, head, train_f))
 
 
 def run_search_graphcut(
     train_h: PathLike, features_h5: PathLike, grid: dict[str, list[float]], out_json: PathLike
 ) -> None:
-    """Choose γ, σ, δ on the training slices (their labels are known; the target is never used)."""
+    """Choose γ, σ, δ on the training slices, 2-D without seeds (``graphcut.search: training_slices``).
+
+    Their labels are known and the target is never used, but DDML saw those slices' pixels in training, so their
+    ``h`` is in-sample, and the cut the parameters are chosen for differs from the target's (3-D, seeded):
+    :func:`run_search_graphcut_validation` is the default.
+    """
     from ..graphcut import search_parameters
 
     h = np.load(train_h)["h"]
     with h5py.File(features_h5, "r") as h5:
         images, labels = h5["train/images"][...], h5["train/labels"][...]
     best, table = search_parameters(list(h), list(images), list(labels), grid["gamma"], grid["sigma"], grid["delta"])
-    write_json(out_json, {"best": best, "table": table.to_dict(orient="records")})
+    write_json(out_json, {"protocol": "training slices, 2-D, without seeds", "best": best,
+                          "table": table.to_dict(orient="records")})
     log.info("graph-cut parameters chosen on %d training slices: %s", len(h), best)
+
+
+def run_search_graphcut_validation(val_h: PathLike, val_dir: PathLike, scribbles: PathLike,
+                                   grid: dict[str, Any], spacing, out_json: PathLike) -> dict[str, float]:
+    """Choose γ, σ, δ the way they are used: one 3-D graph cut with the scribbles as seeds, on the validation stack.
+
+    ``val_h`` is DDML's refined probability of the validation stack, trained on its own scribbles (never on its
+    labels), so every candidate is scored on the same kind of input, with the same seeds and spacing, as the
+    target's cut gets; the labels only score it (IoU). Returns the best parameters.
+    """
+    import tifffile
+
+    from ..graphcut import search_parameters
+    from ..scribbles import read_scribbles
+    from ..volume import read_stack
+
+    h = tifffile.imread(val_h)
+    images, labels = read_stack(val_dir)
+    if labels is None:
+        raise ValueError(f"{val_dir}: the validation stack needs labels (labels/ beside its slices)")
+    seeds = read_scribbles(scribbles, h.shape)
+    best, table = search_parameters(h, images, labels, grid["gamma"], grid["sigma"], grid["delta"], seeds=seeds,
+                                    spacing=tuple(spacing) if spacing else None, banded=grid["banded"])
+    write_json(out_json, {"protocol": "validation stack, 3-D, scribbles as seeds", "best": best,
+                          "table": table.to_dict(orient="records")})
+    log.info("graph-cut parameters chosen in 3-D on the %d-slice validation stack: %s", len(h), best)
+    return best
 
 
 def run_graphcut_volume(refined: PathLike, target_dir: PathLike, scribbles: PathLike, params_json: PathLike,
