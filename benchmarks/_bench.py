@@ -57,3 +57,22 @@ def package_versions(packages: Iterable[str]) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return out
+
+
+def merged_config(files: Iterable[Any]) -> dict[str, Any]:
+    """The config Snakemake builds from ``--configfile a.yaml b.yaml`` (later files update earlier ones), validated."""
+    from pathlib import Path
+
+    import yaml
+
+    from histoflow.config import validate_config
+
+    def update(base: dict, new: dict) -> dict:
+        for k, v in new.items():
+            base[k] = update(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        return base
+
+    config: dict[str, Any] = {}
+    for f in files:
+        update(config, yaml.safe_load(Path(f).read_text()) or {})
+    return validate_config(config)

@@ -24,13 +24,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from histoflow.config import validate_config  # noqa: E402
+from _bench import merged_config  # noqa: E402
+
 from histoflow.datasets import resolve_datasets  # noqa: E402
 from histoflow.io import read_json, write_json  # noqa: E402
 from histoflow.stages.evaluate import run_evaluate  # noqa: E402
@@ -38,20 +37,6 @@ from histoflow.stages.postprocess import run_postprocess  # noqa: E402
 from histoflow.stages.predict import run_ensemble_predict, run_ensemble_spec, run_predict  # noqa: E402
 
 FIGURES = ("object_f1_pooled", "object_dice_pooled", "object_hausdorff_pooled", "aji_mean", "pq_mean", "pixel_f1_mean")
-
-
-def merged_config(files: list[Path]) -> dict[str, Any]:
-    """The config Snakemake builds from ``--configfile a.yaml b.yaml`` (later files update earlier ones)."""
-
-    def update(base: dict, new: dict) -> dict:
-        for k, v in new.items():
-            base[k] = update(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-        return base
-
-    config: dict[str, Any] = {}
-    for f in files:
-        update(config, yaml.safe_load(f.read_text()) or {})
-    return validate_config(config)
 
 
 def dataset_entry(d) -> dict[str, Any]:

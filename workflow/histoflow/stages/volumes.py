@@ -141,7 +141,7 @@ def run_volume_features(model_dir: PathLike, dirs: dict[str, str], predict: dict
             g["images"] = images[idx]
 
 
-def _fit_ddml(features: np.ndarray, seeds: np.ndarray, train_f: np.ndarray, train_y: np.ndarray,
+def fit_ddml(features: np.ndarray, seeds: np.ndarray, train_f: np.ndarray, train_y: np.ndarray,
               ddml: dict[str, Any], seed: int, scribbles: PathLike):
     """DDML's metric network and discriminator: trained on the scribbled pixels plus sampled training pixels."""
     from ..ddml import train_discriminator, train_metric
@@ -183,7 +183,7 @@ def run_ddml(features_h5: PathLike, scribbles: PathLike, ddml: dict[str, Any], s
         train_f = h5["train/features"][...].astype(np.float32)
         train_y = h5["train/labels"][...]
     seeds = read_scribbles(scribbles, tf.shape[:3])
-    net, head = _fit_ddml(tf, seeds, train_f, train_y, ddml, seed, scribbles)
+    net, head = fit_ddml(tf, seeds, train_f, train_y, ddml, seed, scribbles)
     with atomic_path(out_target) as tmp:
         tifffile.imwrite(tmp, refined_probability(net, head, tf), compression="zlib")
     if out_train is not None:
