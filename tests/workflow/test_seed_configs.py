@@ -17,3 +17,15 @@ def test_seed_config_dry_runs(name, tmp_path):
     jobs = planned_jobs(out)
     assert "pretrain_model[model=vgg16_mdn]" in jobs and "train_model[model=unet]" in jobs
     assert "evaluate_fibres[model=vgg16_mdn, dataset=fibres]" in jobs
+
+
+def test_mdunet_seed_config_dry_runs_the_volume_stage(tmp_path):
+    """The M-Unet paper's config: Vahadane first, parameters searched on the validation stack, the ablation table."""
+    target = "results_seed_mdunet/volumes/organ/ablation.tsv"
+    out = smk(tmp_path, "--configfile", str(REPO / "config" / "seeds" / "mdunet_graphcut.yaml"),
+              "--replace-workflow-config", "-n", target).stdout
+    jobs = planned_jobs(out)
+    assert {"normalize_volume[volume=organ]", "validation_scribbles[volume=organ]", "ddml_validation[volume=organ]",
+            "search_graphcut[volume=organ]", "train_volume_model[volume=organ, vmodel=munet]",
+            "evaluate_volume[volume=organ]"} <= jobs
+    assert not [j for j in jobs if j.startswith(("train_model", "extract_patches"))], jobs  # no 2-D demo
