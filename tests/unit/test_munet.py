@@ -283,3 +283,33 @@ def test_learns_a_label_that_only_the_far_context_determines():
     with torch.no_grad():
         acc = ((model(x) > 0).float() == y).float().mean().item()
     assert acc > 0.9, acc
+
+
+def test_separate_branches_train_each_branch_on_its_own_loss_only():
+    """separate_branches: the fused loss reaches the fusion and head only; branch k's loss reaches branch k only.
+
+    Known answer from the stop-gradient: d(fused)/d(branch parameters) = 0 and d(side_k)/d(branch j != k) = 0,
+    while without the option the fused loss reaches every branch.
+    """
+    torch.manual_seed(0)
+    model = MUNet(scales=(1, 2), base_width=4, depth=2, feature_dim=4, separate_branches=True).train()
+    x = torch.rand(2, 3, 32, 32)
+    fused, sides = model(x)
+    assert fused.shape == (2, 1, 16, 16) and [s.shape for s in sides] == [(2, 1, 16, 16)] * 2
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward(retain_graph=True)
+        return {n: (p.grad is not None and bool(p.grad.abs().sum() > 0)) for n, p in model.named_parameters()}
+
+    g = grads(fused.square().mean())
+    assert not any(v for n, v in g.items() if n.startswith(("branches.", "branch_heads."))), g
+    assert all(v for n, v in g.items() if n.startswith(("fuse.0", "head."))), g
+    g = grads(sides[1].square().mean())
+    assert any(v for n, v in g.items() if n.startswith("branches.1.")) and g["branch_heads.1.weight"]
+    assert not any(v for n, v in g.items() if n.startswith(("branches.0.", "branch_heads.0.", "fuse.", "head.")))
+    model.eval()
+    assert model(x).shape == (2, 1, 16, 16)  # inference: the fused logits only, as a joint M-Unet
+    joint = MUNet(scales=(1, 2), base_width=4, depth=2, feature_dim=4).train()
+    joint(x).square().mean().backward()
+    assert all(p.grad is not None for n, p in joint.named_parameters() if n.startswith("branches."))

@@ -17,6 +17,11 @@ Geometry, with ``f = context_factor = max(scales)`` and input (context tile) sid
 
 Scale 1 therefore sees exactly the output region at full resolution, scale ``f`` the whole tile at
 ``1/f`` resolution.
+
+``separate_branches=True`` trains the branches as the M-Unet paper's separately trained networks: each branch gets
+its own 1×1 head and its own loss (the training loop's side outputs), and the fusion layer and head learn from the
+branches' features with their gradient stopped, so no branch is shaped by another's field of view or by the fusion.
+One training run then equals training each branch alone and the aggregation on the frozen branches afterwards.
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ class MUNet(nn.Module):
         ``norm`` also switches the batch norm of the fusion layer.
     feature_dim:
         Channels of the fused per-pixel feature map (:meth:`forward_features`).
+    separate_branches:
+        Train the branches separately (see the module docstring): in training mode ``forward`` returns
+        ``(fused logits, [branch logits, ...])`` and the fused logits see the branch features detached.
 
     Attributes
     ----------
@@ -88,6 +96,7 @@ class MUNet(nn.Module):
         depth: int = 3,
         feature_dim: int = 32,
         norm: bool = True,
+        separate_branches: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -115,6 +124,9 @@ class MUNet(nn.Module):
         fuse.append(nn.ReLU(inplace=True))
         self.fuse = nn.Sequential(*fuse)
         self.head = nn.Conv2d(feature_dim, out_channels, 1)
+        self.separate_branches = bool(separate_branches)
+        self.branch_heads = (nn.ModuleList(nn.Conv2d(base_width, out_channels, 1) for _ in self.scales)
+                             if self.separate_branches else None)
 
     def output_size(self, size: int) -> int:
         """Side of the output for an input tile of side ``size``; ValueError if ``size`` is invalid."""
@@ -154,6 +166,14 @@ class MUNet(nn.Module):
         """Per-pixel features of the centred output region: ``(N, C, S, S)`` → ``(N, feature_dim, P, P)``."""
         return self.fuse(torch.cat(self.branch_features(x), dim=1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the centred output region: ``(N, C, S, S)`` → ``(N, out_channels, S/f, S/f)``."""
-        return self.head(self.forward_features(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits of the centred output region: ``(N, C, S, S)`` → ``(N, out_channels, S/f, S/f)``.
+
+        With ``separate_branches`` in training mode: ``(fused, [branch_1, ...])``, the fused logits computed from
+        the branch features with their gradient stopped.
+        """
+        if not (self.separate_branches and self.training):
+            return self.head(self.forward_features(x))
+        feats = self.branch_features(x)
+        sides = [head(f) for head, f in zip(self.branch_heads, feats, strict=True)]
+        return self.head(self.fuse(torch.cat([f.detach() for f in feats], dim=1))), sides
