@@ -124,3 +124,29 @@ def test_save_model_needs_arch_and_kwargs(tmp_path):
     with pytest.raises(ValueError, match="arch"):
         save_model(tiny(), {"kwargs": {}}, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resunet_is_the_unet_with_residual_blocks():
+    """Same levels, widths and output size; each block adds its input (or its 1×1 projection) to two convolutions.
+
+    Known answer: with the body's last BatchNorm scaled to 0 the block returns ReLU(shortcut(x)) - the identity on
+    a non-negative input of unchanged width.
+    """
+    from histoflow.models.unet import ResUNet, _ResBlock
+
+    torch.manual_seed(0)
+    model = build_model("resunet", base_width=4, depth=2)
+    assert isinstance(model, ResUNet) and "resunet" in available_models()
+    assert model(torch.rand(1, 3, 20, 28)).shape == (1, 1, 20, 28)
+    assert [type(b) for b in model.down] == [_ResBlock, _ResBlock]
+    assert isinstance(model.down[0].shortcut[0], torch.nn.Conv2d)  # 3 -> 4 channels: a projection
+    block = _ResBlock(8, 8, norm=True).eval()
+    assert len(block.shortcut) == 0  # same width: the identity
+    torch.nn.init.zeros_(block.body[-1].weight)
+    x = torch.rand(2, 8, 6, 6)
+    torch.testing.assert_close(block(x), x)
+    # 2 x (3x3 convs) per level like the U-Net, plus one 1x1 projection (+BN) where the width changes
+    plain = sum(p.numel() for p in build_model("unet", base_width=4, depth=2).parameters())
+    res = sum(p.numel() for p in model.parameters())
+    projections = [3 * 4, 4 * 8, 8 * 16, 16 * 8, 8 * 4]  # encoder 3->4, 4->8, bottleneck 8->16, decoder 16->8, 8->4
+    assert res - plain == sum(projections) + 2 * sum([4, 8, 16, 8, 4])  # + each projection's BN weight and bias

@@ -37,7 +37,7 @@ CONFIGS = {
     "isbi_em_cpu.yaml": ("isbi2012_em", ["isbi_em"], ["rescrnet", "unet"]),
     "seeds/usnet.yaml": ("monuseg", ["monuseg_test"], ["usnet"]),  # validated and dry-run; its full run is #22's
     "seeds/glas_unet_maskrcnn.yaml": ("glas", ["glas_testA", "glas_testB"], ["mask_rcnn", "unet"]),
-    "seeds/rescrnet.yaml": ("isbi2012_em", ["isbi_em"], ["rescrnet"]),
+    "seeds/rescrnet.yaml": ("isbi2012_em", ["isbi_em"], ["rescrnet", "resunet"]),
 }
 
 # Run end to end on a few images in CI: the CPU recipes, which CI shrinks to tiny networks, stand in for
