@@ -238,3 +238,19 @@ def test_patches_ignore_pixels_outside_the_regions() -> None:
     assert fg.sum() == 67
     assert arrays["balance_masks"][:12][fg] == pytest.approx(140 / 134)
     assert arrays["balance_masks"][:12][valid & ~fg] == pytest.approx(140 / 146)
+
+
+def test_a_slide_without_pixel_size_names_the_datasets_keys(tmp_path):
+    """A slide file with no µm/px stops the dry run naming datasets.<name>.base_mpp, not the slides: section's."""
+    from histoflow.io import write_image
+
+    write_image(tmp_path / "plain.png", np.full((64, 64, 3), 200, np.uint8))  # a PNG carries no pixel size
+    (tmp_path / "geo").mkdir()
+    write(tmp_path / "geo", [feature(polygon(rect(0, 0, 32, 32)), "Region")], "plain.geojson")
+    cfg = {"slides": str(tmp_path / "plain.png"), "annotations": str(tmp_path / "geo"), "mpp": 0.5,
+           "classes": ["Tumor"], "split": "train", "test_fraction": 0.25, "limit": None}
+    with pytest.raises(InputError, match=r"so datasets.liver.mpp = 0.5 cannot be honoured. Set "
+                                         r"datasets.liver.base_mpp to the scanner's µm/pixel at full resolution\.$"):
+        resolve_slide_dataset("liver", cfg, {"results": "res", "seed": 0, "classes": []})
+    d = resolve_slide_dataset("liver", {**cfg, "base_mpp": 0.25}, {"results": "res", "seed": 0, "classes": []})
+    assert d.downsample["plain"] == pytest.approx(2.0) and [w.stem for w in d.windows["plain"]] == ["plain_r1"]

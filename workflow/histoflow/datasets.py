@@ -162,7 +162,8 @@ def resolve_slide_dataset(name: str, cfg: dict[str, Any], config: dict[str, Any]
                      base_mpp=cfg["base_mpp"], classes=classes, regions=cfg["regions"],
                      predict_slides=cfg["predict_slides"], train_slides=train, test_slides=test)
     for slide, path in slides.items():
-        with contextlib.closing(open_slide(path, mpp=cfg["mpp"], base_mpp=cfg["base_mpp"])) as s:
+        with contextlib.closing(open_slide(path, mpp=cfg["mpp"], base_mpp=cfg["base_mpp"],
+                                                key=f"datasets.{name}")) as s:
             lv = s.levels[0]
             d.level0[slide], d.downsample[slide], shape = (lv.height, lv.width), s.downsample, s.shape
         geojson = annotation_file(cfg["annotations"], slide, path)

@@ -460,6 +460,7 @@ def open_slide(
     *,
     base_mpp: float | None = None,
     backend: str = "auto",
+    key: str = "slides",
 ) -> Slide:
     """Open a whole-slide image (or any image) at a resolution.
 
@@ -479,6 +480,9 @@ def open_slide(
         µm per pixel of level 0, overriding (or supplying) the file's.
     backend:
         ``auto``, ``openslide``, ``tifffile`` or ``image``.
+    key:
+        The config section the settings come from, named in the messages (``slides``, or
+        ``datasets.<name>`` for annotated slides).
 
     Raises
     ------
@@ -492,7 +496,7 @@ def open_slide(
     if mpp is not None and not mpp > 0:
         raise ValueError(f"mpp must be > 0, got {mpp}")
     if not path.exists():
-        raise InputError(f"{path}: slide not found. Check the paths under slides.images in config.yaml.")
+        raise InputError(f"{path}: slide not found. Check the slide paths under {key} in config.yaml.")
     be = _open_backend(path, backend)
     if base_mpp is not None:
         if not base_mpp > 0:
@@ -511,13 +515,14 @@ def open_slide(
         return Slide(be, 0)
     if be.mpp is None:
         raise InputError(
-            f"{path}: the file has no pixel size (µm per pixel), so slides.mpp = {mpp} cannot be honoured. "
-            "Set slides.base_mpp to the scanner's µm/pixel at full resolution, or use slides.level."
+            f"{path}: the file has no pixel size (µm per pixel), so {key}.mpp = {mpp} cannot be honoured. "
+            f"Set {key}.base_mpp to the scanner's µm/pixel at full resolution"
+            + (", or use slides.level." if key == "slides" else ".")
         )
     if mpp < be.mpp * (1 - MPP_TOLERANCE):
         raise InputError(
             f"{path}: requested {mpp} µm/px is finer than the slide's full resolution ({be.mpp:.4f} µm/px at "
-            f"level 0); choose slides.mpp >= {be.mpp:.4f}, or level: 0."
+            f"level 0); choose {key}.mpp >= {be.mpp:.4f}" + (", or level: 0." if key == "slides" else ".")
         )
     candidates = [i for i, lv in enumerate(be.levels) if be.mpp * lv.downsample <= mpp * (1 + MPP_TOLERANCE)]
     best = max(candidates, key=lambda i: be.levels[i].downsample)
