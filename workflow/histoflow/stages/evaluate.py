@@ -205,7 +205,10 @@ def evaluate_classes(
         pooled += cm
         row = {"image": stem, **class_metrics(cm, classes)}
         if soft is not None:
-            sums = soft_overlap_sums(read_image(Path(predictions_dir) / f"{stem}.tif"), truth)
+            prob = read_image(Path(predictions_dir) / f"{stem}.tif")
+            if valid is not None:  # the labelled pixels only, as a (C, n, 1) map against an (n, 1) truth
+                prob, truth = prob[:, valid][..., None], truth[valid][:, None]
+            sums = soft_overlap_sums(prob, truth)
             soft += sums
             row.update(soft_scores(sums, classes))
         rows.append(row)
