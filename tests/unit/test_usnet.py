@@ -23,6 +23,7 @@ from histoflow.models.usnet import (
     focal_loss,
     match_anchors,
 )
+from histoflow.train import TrainConfig, make_optimizers
 
 TINY = {"base_width": 4, "depth": 3, "min_size": 12, "max_size": 40, "head_width": 8, "refine_width": 4}
 
@@ -406,6 +407,13 @@ def test_ablation_switches_without_refinement_and_without_eta():
         out = plain(x)
         dets = plain.detect(x, min_score=0.0)
     assert float(losses["refine"]) == 0.0  # no refine net to train
+    # ... nor to build: no refinement branch among the parameter groups, none of its weights in the model
+    assert plain.refine is None and set(plain.param_groups()) == {"segmentation", "detection"}
+    with_refine = tiny(refinement=True)
+    n_refine = sum(p.numel() for p in with_refine.refine.parameters())
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in with_refine.parameters()) - n_refine
+    with pytest.raises(ValueError, match=r"branch_lr names \['refinement'\]"):
+        make_optimizers(plain, TrainConfig(branch_lr={"refinement": 1e-3}), steps_per_epoch=1)
     # without η, the focal loss weighs every (non-ignored) anchor 1
     conf, n_pos = 0.0, 0
     for i in range(2):

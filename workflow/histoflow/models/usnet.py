@@ -310,12 +310,13 @@ class USNet(nn.Module):
         self.backbone = UNet(in_channels, 1, base_width, depth)
         self.det_head = _RetinaHead([base_width * self.strides[i] for i in range(n)], head_width,
                                     len(self.ratios) * len(self.scales), head_convs)
-        if refine_arch == "unet":
-            self.refine = UNet(in_channels + 1, 1, refine_width, 2)
-        elif refine_arch == "plain":
-            self.refine = _plain_refine(in_channels + 1, refine_width)
-        else:
+        if refine_arch not in ("unet", "plain"):
             raise ValueError(f"refine_arch must be 'unet' or 'plain', got {refine_arch!r}")
+        # without refinement there is no refine net: nothing to train, save or count in the parameters
+        self.refine: nn.Module | None = None
+        if refinement:
+            self.refine = (UNet(in_channels + 1, 1, refine_width, 2) if refine_arch == "unet"
+                           else _plain_refine(in_channels + 1, refine_width))
 
     # ------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -348,6 +349,8 @@ class USNet(nn.Module):
 
         ``stack`` is image + segmentation probability; ``batch_index (N,)`` says which image each box is in.
         """
+        if self.refine is None:
+            raise RuntimeError("this US-Net was built with refinement=False: it has no refine net")
         return self.refine(self.crop_maps(stack, boxes, batch_index))[:, 0].float()
 
     def crop_maps(self, maps: torch.Tensor, boxes: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
@@ -362,10 +365,12 @@ class USNet(nn.Module):
         """Parameter groups ``segmentation``, ``detection`` and ``refinement``: disjoint, together all parameters.
 
         ``segmentation`` is the U-Net backbone + its head, ``detection`` the RetinaNet head and ``refinement``
-        the refine net.
+        the refine net (absent when the model has none, ``refinement=False``).
         """
-        return {"segmentation": list(self.backbone.parameters()), "detection": list(self.det_head.parameters()),
-                "refinement": list(self.refine.parameters())}
+        groups = {"segmentation": list(self.backbone.parameters()), "detection": list(self.det_head.parameters())}
+        if self.refine is not None:
+            groups["refinement"] = list(self.refine.parameters())
+        return groups
 
     # ------------------------------------------------------------------------------------ training
     def instance_losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
