@@ -18,7 +18,6 @@ rule report:
         classes=config["classes"],
         references=config["references"],
         datasets=lambda wc: dataset_table(TEST_DATASETS),
-        results=lambda wc, input: str(Path(input.stain).parent.parent),
     log:
         f"{RESULTS}/logs/report.log",
     threads: 1

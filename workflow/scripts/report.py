@@ -13,7 +13,7 @@ run_logged(snakemake, lambda: build_report(
     classes=snakemake.params.classes,
     references=snakemake.params.references,
     datasets=snakemake.params.datasets,
-    results=snakemake.params.results,
+    results=snakemake.config["results"],  # the directory every input below lies in (config.yaml results:)
     options=snakemake.params.report,
     out_html=snakemake.output.html,
     out_figures=snakemake.output.overlays,
