@@ -369,3 +369,24 @@ def test_table_one_scores_follow_from_precision_and_recall():
     # one set of counts: tp 6, fp 2, fn 4 -> P 3/4, R 3/5, Jaccard 6 / 12
     assert scores_of_mean_precision_recall(0.75, 0.6)["jaccard_of_mean_pr"] == pytest.approx(0.5)
     assert scores_of_mean_precision_recall(0.0, 0.5) == {"f1_of_mean_pr": 0.0, "jaccard_of_mean_pr": 0.0}
+
+
+def test_bf16_channels_last_training_step_of_a_narrow_atrous_net_matches_the_contiguous_layout():
+    """bf16 + channels_last is how training runs on a CPU with AVX512-BF16. PyTorch 2.14 crashed (segfault) in the
+    backward pass of a depthwise convolution of < 16 channels at dilation >= 3 in that layout; those convolutions run
+    contiguous instead, so the step completes and its loss and gradients equal the contiguous model's."""
+    torch.manual_seed(0)
+    model = build_model("rescrnet", out_channels=3, filters=4, n_conv=1, n_lstm=1, dilations=(1, 3, 5), dropout=0.0)
+    x = torch.rand(2, 3, 32, 32)
+    grads = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        model.zero_grad()
+        model.to(memory_format=fmt)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x.contiguous(memory_format=fmt)).float().square().mean()
+        loss.backward()
+        grads.append((float(loss), {k: p.grad.clone() for k, p in model.named_parameters()}))
+    (loss_a, ga), (loss_b, gb) = grads
+    assert loss_b == pytest.approx(loss_a, rel=1e-2)
+    for k in ga:
+        torch.testing.assert_close(gb[k], ga[k], rtol=0.05, atol=1e-3, msg=k)

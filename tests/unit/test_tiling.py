@@ -172,7 +172,7 @@ def test_predict_tiled_single_tile_equals_direct_forward(tiny_unet, size):
     with torch.no_grad():
         direct = tiny_unet(x[None])[0].numpy()
     for blend in ("gaussian", "cosine", "constant"):
-        out = predict_tiled(tiny_unet, x, tile=size, overlap=8, blend=blend)
+        out = predict_tiled(tiny_unet, x, tile=size, overlap=8, blend=blend, precision="fp32")
         np.testing.assert_allclose(out, direct, atol=1e-5)
 
 
@@ -224,7 +224,7 @@ def test_predict_tiled_conv_model_exact_away_from_tile_seams(tiny_unet):
     value_range = float(np.ptp(direct))
     errors = {}
     for blend in ("gaussian", "cosine", "constant"):
-        out = predict_tiled(tiny_unet, x, tile=tile, overlap=overlap, batch_size=3, blend=blend)[0]
+        out = predict_tiled(tiny_unet, x, tile=tile, overlap=overlap, batch_size=3, blend=blend, precision="fp32")[0]
         assert out.shape == (96, 96) and np.isfinite(out).all()
         np.testing.assert_allclose(out[safe], direct[safe], atol=1e-5)
         errors[blend] = np.abs(out - direct).mean() / value_range
