@@ -302,6 +302,7 @@ def predict_slide(
     import torch
     from tqdm import tqdm
 
+    from ..device import to_device
     from ..tiling import blend_window
 
     if isinstance(slide, np.ndarray):
@@ -380,9 +381,7 @@ def predict_slide(
             n = batch.shape[0]
             if static_batches and n < batch_size:
                 batch = torch.cat([batch, batch[-1:].expand(batch_size - n, -1, -1, -1)])
-            x = batch.to(device, non_blocking=True).float() / 255.0
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = to_device(batch, device).float() / 255.0  # the model's memory format, as on image tiles
             outs, micro = _forward(predictor, x, micro, device, tile, precision)
             outs = outs[:n].float()
             if outs.shape[1] != out_channels or outs.shape[-2:] != (tile, tile):
