@@ -4,6 +4,9 @@
         --run "U-Net 16/4, full resolution=results_glas_cpu_e1:unet" \
         --run "U-Net 16/4, half resolution=results_glas_cpu_e2:unet"
 
+``--keep LABEL`` carries a run of the existing ``<name>_curves.json`` over as recorded, so a new recipe can be
+drawn beside earlier ones whose results folders are gone.
+
 Each ``--run LABEL=RESULTS:MODEL`` is a finished training in the results folder ``RESULTS``: its per-epoch
 history (``models/MODEL/history.tsv``: the validation patches' pixel Dice ``val_dice`` after each epoch and
 the epoch's seconds) gives one curve against the cumulative training minutes; with ``--val-dataset`` the
@@ -65,6 +68,23 @@ def run_record(label: str, results: Path, model: str, val_dataset: str | None) -
     return rec
 
 
+def kept_runs(path: Path, labels: list[str]) -> list[dict[str, Any]]:
+    """The runs labelled ``labels`` of an earlier curves file ``path``, as recorded, in the order asked.
+
+    ``"OLD=NEW"`` keeps the run labelled ``OLD`` under the label ``NEW``.
+    """
+    if not labels:
+        return []
+    if not path.exists():
+        raise SystemExit(f"--keep: {path} does not exist (nothing recorded to keep)")
+    recorded = {r["label"]: r for r in read_json(path)["runs"]}
+    pairs = [label.partition("=")[::2] for label in labels]
+    missing = [old for old, _ in pairs if old not in recorded]
+    if missing:
+        raise SystemExit(f"--keep: {path} has no run labelled {missing}; its runs: {sorted(recorded)}")
+    return [{**recorded[old], "label": new or old} for old, new in pairs]
+
+
 def plot(records: list[dict[str, Any]], title: str, path: Path) -> None:
     import matplotlib
 
@@ -98,12 +118,18 @@ def table(records: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--name", required=True, help="output stem: benchmarks/results/<name>_curves.{json,png}")
-    ap.add_argument("--run", action="append", type=parse_run, required=True, help="LABEL=RESULTS_FOLDER:MODEL")
+    ap.add_argument("--run", action="append", type=parse_run, default=[], help="LABEL=RESULTS_FOLDER:MODEL")
+    ap.add_argument("--keep", action="append", default=[], metavar="LABEL[=NEW_LABEL]",
+                    help="a run of the existing <name>_curves.json to keep as recorded (its results folder may be "
+                         "gone), listed before the --run ones; =NEW_LABEL renames it")
     ap.add_argument("--val-dataset", help="the validation dataset evaluated in each results folder")
     ap.add_argument("--title", default=None)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
-    records = [run_record(label, results, model, args.val_dataset) for label, results, model in args.run]
+    records = kept_runs(args.out / f"{args.name}_curves.json", args.keep)
+    records += [run_record(label, results, model, args.val_dataset) for label, results, model in args.run]
+    if not records:
+        ap.error("nothing to plot: give --run LABEL=RESULTS_FOLDER:MODEL (or --keep LABEL)")
     out = {"name": args.name, "val_dataset": args.val_dataset, "runs": records}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{args.name}_curves.json", out)

@@ -50,3 +50,19 @@ def test_curves_table_and_files(tmp_path, capsys):
 def test_bad_run_argument_is_explained():
     with pytest.raises(Exception, match="LABEL=RESULTS_FOLDER:MODEL"):
         curves.parse_run("no-separator")
+
+
+def test_kept_runs_come_from_the_earlier_file_as_recorded(tmp_path):
+    _training(tmp_path / "a", "unet", [60, 60], [0.5, 0.7])
+    _training(tmp_path / "b", "unet", [30], [0.6])
+    out = tmp_path / "o"
+    curves.main(["--name", "t", "--out", str(out), "--run", f"old={tmp_path / 'a'}:unet"])
+    (tmp_path / "a" / "models" / "unet" / "history.tsv").unlink()  # its results folder is gone
+    again = curves.main(["--name", "t", "--out", str(out), "--keep", "old", "--run", f"new={tmp_path / 'b'}:unet"])
+    old, new = again["runs"]
+    assert old["label"] == "old" and old["minutes"] == [1.0, 2.0] and old["val_dice"] == [0.5, 0.7]
+    assert new["label"] == "new" and new["val_dice"] == [0.6]
+    renamed = curves.main(["--name", "t", "--out", str(out), "--keep", "new=newer", "--keep", "old"])["runs"]
+    assert [r["label"] for r in renamed] == ["newer", "old"] and renamed[0]["val_dice"] == [0.6]
+    with pytest.raises(SystemExit, match=r"no run labelled \['gone'\]; its runs: \['newer', 'old'\]"):
+        curves.main(["--name", "t", "--out", str(out), "--keep", "gone"])
