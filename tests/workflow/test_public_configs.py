@@ -202,6 +202,9 @@ def test_real_run_on_a_few_images(name, tmp_path):
             if not cfg["classes"]:
                 for key in ("object_f1_pooled", "object_dice_pooled", "object_hausdorff_pooled", "aji_mean"):
                     assert key in summary, key
+    # glands, nuclei, EM classes: no per-fibre sweep (evaluate.per_fibre: false), in the run or in its report
+    assert cfg["classes"] or not cfg["evaluate"]["per_fibre"]
+    assert not list((results / "metrics").rglob("*_fibres.json")) and "Per-fibre precision" not in html
     if cfg["references"]:
         assert "Against published results" in html
         for refs in cfg["references"].values():

@@ -203,6 +203,19 @@ def test_model_edit_reruns_only_that_model(tiny_run):
     }
 
 
+@pytest.mark.slow
+def test_turning_the_per_fibre_sweep_off_reruns_only_the_report(tiny_run):
+    jobs = _jobs_after_edit(tiny_run, lambda c: c.setdefault("evaluate", {}).update(per_fibre=False))
+    assert jobs == {"report", "all"}  # the sweeps are no longer the report's inputs; nothing else changes
+
+
+def test_no_per_fibre_sweep_is_planned_when_it_is_off(tmp_path):
+    write_config(tmp_path, {**TINY, "evaluate": {"per_fibre": False}})
+    jobs = planned_jobs(smk(tmp_path, "-n").stdout)
+    assert "evaluate[model=a, dataset=demo]" in jobs
+    assert not any(j.startswith("evaluate_fibres") for j in jobs), jobs
+
+
 def downstream_of_predictions(model: str) -> set[str]:
     return {f"{rule}[model={model}, dataset=demo]"
             for rule in ("postprocess", "evaluate", "evaluate_fibres", "export_objects")}

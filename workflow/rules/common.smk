@@ -221,7 +221,8 @@ def report_inputs(wildcards):
         "metrics": [f"{RESULTS}/metrics/{m}/{d}.tsv" for m, d in pairs],
         "instances": [f"{RESULTS}/instances/{m}/{d}" for m, d in pairs],
         # objects and per-fibre scores need instances, which a multi-class workflow does not make
-        "fibres": [] if config["classes"] else [f"{RESULTS}/metrics/{m}/{d}_fibres.json" for m, d in pairs],
+        "fibres": [f"{RESULTS}/metrics/{m}/{d}_fibres.json" for m, d in pairs]
+        if config["evaluate"]["per_fibre"] and not config["classes"] else [],
         "objects": [] if config["classes"] else [f"{RESULTS}/objects/{m}/{d}" for m, d in pairs],
         "history": [f"{RESULTS}/models/{m}/history.tsv" for m in MODELS]
         + [f"{RESULTS}/models/{m}/stage1/history.tsv" for m in PRETRAINED],

@@ -17,6 +17,7 @@ rule report:
         volumes=VOLUMES,
         classes=config["classes"],
         references=config["references"],
+        per_fibre=config["evaluate"]["per_fibre"],
         datasets=lambda wc: dataset_table(TEST_DATASETS),
     log:
         f"{RESULTS}/logs/report.log",

@@ -12,6 +12,7 @@ run_logged(snakemake, lambda: build_report(
     volumes=snakemake.params.volumes,
     classes=snakemake.params.classes,
     references=snakemake.params.references,
+    per_fibre=snakemake.params.per_fibre,
     datasets=snakemake.params.datasets,
     results=snakemake.config["results"],  # the directory every input below lies in (config.yaml results:)
     options=snakemake.params.report,

@@ -416,14 +416,15 @@ def build_report(
     config: dict[str, Any], models: list[str], datasets: dict[str, dict[str, Any]], results: str,
     options: dict[str, Any], out_html: PathLike, out_figures: PathLike, trained: list[str] | None = None,
     volumes: list[str] | None = None, classes: list[str] | None = None,
-    references: dict[str, list[dict[str, Any]]] | None = None,
+    references: dict[str, list[dict[str, Any]]] | None = None, per_fibre: bool = True,
 ) -> None:
     """Assemble ``report.html`` and write the overlay PNGs into ``out_figures``.
 
     ``models`` are everything evaluated (trained models and ensembles); ``trained`` the subset with
     training curves (default: all of ``models``); ``classes`` makes it a multi-class report (per-class
     scores, confusion matrices and class maps instead of object metrics); ``references`` (config
-    ``references:``, test dataset → published results) adds a table of those next to ours.
+    ``references:``, test dataset → published results) adds a table of those next to ours; ``per_fibre``
+    (config ``evaluate.per_fibre``) adds the per-fibre precision / recall section.
     """
     dpi = options["dpi"]
     fig_dir = Path(out_figures)
@@ -438,7 +439,7 @@ def build_report(
     if classes:
         parts.append(class_section(results, models, datasets, classes, options, fig_dir))
     else:
-        parts += object_sections(results, models, names, datasets, options, fig_dir)
+        parts += object_sections(results, models, names, datasets, options, fig_dir, per_fibre)
     parts += training_section(results, trained if trained is not None else models)
     parts += tail_sections(config, datasets, results, volumes, dpi)
     page = f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(options['title'])}</title>" \
@@ -449,8 +450,8 @@ def build_report(
 
 
 def object_sections(results: str, models: list[str], names: list[str], datasets: dict[str, dict[str, Any]],
-                    options: dict[str, Any], fig_dir: Path) -> list[str]:
-    """Object metrics, per-fibre P/R, morphometry and error overlays (binary workflows)."""
+                    options: dict[str, Any], fig_dir: Path, per_fibre: bool = True) -> list[str]:
+    """Object metrics, per-fibre P/R (with ``per_fibre``), morphometry and error overlays (binary workflows)."""
     dpi = options["dpi"]
     parts = []
     header = ["model", "dataset", "images"] + [h for _, h in HEADLINE] + ["object F1 (pooled)", "AP@0.5 (pooled)",
@@ -463,8 +464,9 @@ def object_sections(results: str, models: list[str], names: list[str], datasets:
                  "only, ranks the detector's boxes by its confidence (box IoU, the VOC paper's 11-point "
                  "interpolation, as US-Net reports it).</p>")
 
-    parts.append("<h2>Per-fibre precision and recall</h2>")
-    parts.append(fibre_section(results, models, names, dpi))
+    if per_fibre:
+        parts.append("<h2>Per-fibre precision and recall</h2>")
+        parts.append(fibre_section(results, models, names, dpi))
 
     parts.append("<h2>Morphometry</h2>")
     tables = load_morphometry(results, models, names)
