@@ -299,7 +299,7 @@ class USNet(nn.Module):
         self.pos_iou, self.neg_iou = pos_iou, neg_iou
         self.refine_size, self.crop_margin, self.refine_jitter = refine_size, crop_margin, refine_jitter
         self.refine_batch, self.score_floor, self.nms_iou = refine_batch, score_floor, nms_iou
-        self.refinement, self.eta_weighting = refinement, eta_weighting
+        self.eta_weighting = eta_weighting
         self.max_detections, self.pre_nms_top = max_detections, pre_nms_top
         s_min, s_max = min_size / self.scales[0], max_size / self.scales[-1]
         n = det_levels
@@ -317,6 +317,11 @@ class USNet(nn.Module):
         if refinement:
             self.refine = (UNet(in_channels + 1, 1, refine_width, 2) if refine_arch == "unet"
                            else _plain_refine(in_channels + 1, refine_width))
+
+    @property
+    def refinement(self) -> bool:
+        """Whether the model has a refine net (built with ``refinement=True``)."""
+        return self.refine is not None
 
     # ------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -349,7 +354,7 @@ class USNet(nn.Module):
 
         ``stack`` is image + segmentation probability; ``batch_index (N,)`` says which image each box is in.
         """
-        if self.refine is None:
+        if not self.refinement:
             raise RuntimeError("this US-Net was built with refinement=False: it has no refine net")
         return self.refine(self.crop_maps(stack, boxes, batch_index))[:, 0].float()
 
@@ -368,7 +373,7 @@ class USNet(nn.Module):
         the refine net (absent when the model has none, ``refinement=False``).
         """
         groups = {"segmentation": list(self.backbone.parameters()), "detection": list(self.det_head.parameters())}
-        if self.refine is not None:
+        if self.refinement:
             groups["refinement"] = list(self.refine.parameters())
         return groups
 
