@@ -76,3 +76,28 @@ def merged_config(files: Iterable[Any]) -> dict[str, Any]:
     for f in files:
         update(config, yaml.safe_load(Path(f).read_text()) or {})
     return validate_config(config)
+
+
+OBJECT_FIGURES = ("object_f1_pooled", "object_dice_pooled", "object_hausdorff_pooled", "aji_mean", "pq_mean",
+                  "pixel_f1_mean")
+"""The instance figures the accuracy benchmarks print: GlaS object F1 / Dice / Hausdorff, AJI, PQ, pixel F1."""
+
+
+def dataset_entry(d: Any) -> dict[str, Any]:
+    """A resolved :class:`histoflow.datasets.Dataset` as the dict the workflow's stages take."""
+    return {"images": d.images, "masks": d.masks, "mask_type": d.mask_type, "train": d.train, "test": d.test,
+            "pixel_size_um": d.pixel_size_um, "class_values": d.class_values, "palette": d.palette}
+
+
+def score(postprocess: dict[str, Any], normalized: Any, spec_json: Any, pred: Any, ds: dict[str, Any],
+          out: Any) -> dict[str, float]:
+    """Post-process the probability maps in ``pred`` with the ``postprocess:`` block and evaluate them as the workflow
+    does; writes ``instances/``, ``metrics.tsv`` and ``summary.json`` under ``out`` and returns the summary."""
+    from pathlib import Path
+
+    from histoflow.stages.evaluate import run_evaluate
+    from histoflow.stages.postprocess import run_postprocess
+
+    out = Path(out)
+    run_postprocess(pred, spec_json, postprocess, out / "instances", normalized)
+    return run_evaluate(out / "instances", ds, out / "metrics.tsv", out / "summary.json", pred)

@@ -28,28 +28,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _bench import merged_config  # noqa: E402
+from _bench import OBJECT_FIGURES, dataset_entry, merged_config, score  # noqa: E402
 
 from histoflow.datasets import resolve_datasets  # noqa: E402
 from histoflow.io import read_json, write_json  # noqa: E402
-from histoflow.stages.evaluate import run_evaluate  # noqa: E402
-from histoflow.stages.postprocess import run_postprocess  # noqa: E402
 from histoflow.stages.predict import run_ensemble_predict, run_ensemble_spec, run_predict  # noqa: E402
 
-FIGURES = ("object_f1_pooled", "object_dice_pooled", "object_hausdorff_pooled", "aji_mean", "pq_mean", "pixel_f1_mean")
-
-
-def dataset_entry(d) -> dict[str, Any]:
-    return {"images": d.images, "masks": d.masks, "mask_type": d.mask_type, "train": d.train, "test": d.test,
-            "pixel_size_um": d.pixel_size_um, "class_values": d.class_values, "palette": d.palette}
-
-
-def score(config: dict[str, Any], results: Path, spec_json: Path, pred: Path, dataset: str, ds: dict[str, Any],
-          out: Path) -> dict[str, float]:
-    """Post-process the probability maps in ``pred`` and evaluate them; returns the summary."""
-    inst = out / "instances"
-    run_postprocess(pred, spec_json, config["postprocess"], inst, results / "normalized" / dataset)
-    return run_evaluate(inst, ds, out / "metrics.tsv", out / "summary.json", pred)
+FIGURES = OBJECT_FIGURES
 
 
 def run(config: dict[str, Any], tta: list[str], members: list[str] | None, device: str,
@@ -72,8 +57,8 @@ def run(config: dict[str, Any], tta: list[str], members: list[str] | None, devic
                 run_predict(results / "models" / m, results / "normalized" / dataset, d.test, predict, device,
                                      out / "predictions")
                 preds[m] = out / "predictions"
-                summary = score(config, results, results / "models" / m / "spec.json", out / "predictions", dataset,
-                                ds, out)
+                summary = score(config["postprocess"], results / "normalized" / dataset,
+                                results / "models" / m / "spec.json", out / "predictions", ds, out)
                 rows.append({"model": m, "tta": setting, "dataset": dataset, **{k: summary.get(k) for k in FIGURES}})
                 print(rows[-1], flush=True)
             if len(members) > 1:
@@ -82,7 +67,8 @@ def run(config: dict[str, Any], tta: list[str], members: list[str] | None, devic
                 run_ensemble_predict([preds[m] for m in members], None, out / "predictions")
                 run_ensemble_spec([results / "models" / m / "spec.json" for m in members], members, None,
                                            out / "spec.json")
-                summary = score(config, results, out / "spec.json", out / "predictions", dataset, ds, out)
+                summary = score(config["postprocess"], results / "normalized" / dataset, out / "spec.json",
+                                out / "predictions", ds, out)
                 rows.append({"model": name, "tta": setting, "dataset": dataset, **{k: summary.get(k) for k in FIGURES}})
                 print(rows[-1], flush=True)
     return rows

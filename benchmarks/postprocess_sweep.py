@@ -1,0 +1,141 @@
+"""Choose the post-processing on validation images: a grid of ``postprocess:`` settings scored on a finished run.
+
+    python benchmarks/postprocess_sweep.py --configfile config/glas_cpu.yaml [more.yaml ...] --dataset glas_val
+        [--model unet] [--threshold spec 0.3 0.4] [--min-size 100 300] [--max-hole ...] [--h ...]
+        [--select object_f1_pooled] [--out benchmarks/results/postprocess_<results>.json]
+
+The probability maps the workflow already predicted for ``--dataset`` are post-processed with every combination
+of the listed values (the run's own ``postprocess:`` block for what is not listed; ``spec`` is the threshold chosen
+on the validation patches at training) and scored by the workflow's evaluation. The dataset must be validation
+images: every one of its images must be among those the patch split held out of training (``split_stems`` of each
+training dataset with the run's ``seed`` and ``patches.val_fraction``), so nothing here can be chosen on a test
+split or on images the model was trained on. Prints a table with the best setting by ``--select`` (the higher the
+better, except Hausdorff) and writes every row to the JSON. Scratch outputs go under
+``<results>/postprocess_sweep/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "workflow"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _bench import OBJECT_FIGURES, dataset_entry, merged_config, score  # noqa: E402
+
+from histoflow.datasets import Dataset, resolve_datasets, split_stems  # noqa: E402
+from histoflow.io import InputError, read_json, write_json  # noqa: E402
+
+LOWER_IS_BETTER = {"object_hausdorff_pooled", "object_hausdorff_mean"}
+
+
+def check_validation(datasets: dict[str, Dataset], name: str, seed: int, val_fraction: float) -> None:
+    """Refuse ``name`` unless each of its images is one the patch split held out of a training dataset."""
+    held_out = {d.images[s] for d in datasets.values() for s in split_stems(d.train, val_fraction, seed)[1]}
+    d = datasets[name]
+    outside = sorted(s for s in d.test if d.images[s] not in held_out)
+    if outside:
+        raise InputError(
+            f"dataset {name!r}: {len(outside)} of its {len(d.test)} images ({', '.join(outside[:5])}"
+            f"{', ...' if len(outside) > 5 else ''}) are not validation images (those the patch split holds out of "
+            "training), so post-processing would be chosen on test or training images. Sweep a dataset of held-out "
+            "training images, like glas_val in config/glas_cpu.yaml.")
+
+
+def grid(base: dict[str, Any], values: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of ``values`` (key → list) over ``base``, in the order given (last key varies fastest)."""
+    keys = [k for k, v in values.items() if v]
+    return [{**base, **dict(zip(keys, combo, strict=True))} for combo in itertools.product(*(values[k] for k in keys))]
+
+
+def best(rows: list[dict[str, Any]], select: str) -> dict[str, Any]:
+    """The row with the best ``select`` figure (lowest for a Hausdorff distance); the first of equals."""
+    sign = 1 if select in LOWER_IS_BETTER else -1
+    return min(rows, key=lambda r: float("inf") if r[select] is None else sign * r[select])
+
+
+def run(config: dict[str, Any], dataset: str, model: str, values: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    results = Path(config["results"])
+    datasets = resolve_datasets(config)
+    if dataset not in datasets:
+        raise InputError(f"--dataset {dataset!r}: no dataset of that name (datasets: {sorted(datasets)}).")
+    check_validation(datasets, dataset, config["seed"], config["patches"]["val_fraction"])
+    pred = results / "predictions" / model / dataset
+    if not pred.is_dir():
+        raise InputError(f"{pred}: no probability maps; predict them first, e.g. snakemake --configfile ... "
+                         f"{results}/metrics/{model}/{dataset}_summary.json")
+    spec_json = results / "models" / model / "spec.json"
+    spec_threshold = read_json(spec_json).get("threshold")
+    rows = []
+    for i, pp in enumerate(grid(dict(config["postprocess"]), values)):
+        if pp.get("threshold") == "spec":
+            pp["threshold"] = None
+        summary = score(pp, results / "normalized" / dataset, spec_json, pred, dataset_entry(datasets[dataset]),
+                        results / "postprocess_sweep" / model / dataset / str(i))
+        shown = {k: pp[k] for k in values if values[k]}
+        if "threshold" in shown and shown["threshold"] is None:
+            shown["threshold"] = f"spec ({spec_threshold})"
+        rows.append({"setting": shown, **{k: summary.get(k) for k in OBJECT_FIGURES}})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], chosen: dict[str, Any]) -> str:
+    keys = list(rows[0]["setting"])
+    lines = ["| " + " | ".join(keys + list(OBJECT_FIGURES)) + " |",
+             "|" + "---|" * len(keys) + "---:|" * len(OBJECT_FIGURES)]
+    for r in rows:
+        figs = ["–" if r[k] is None else f"{r[k]:.1f}" if "hausdorff" in k else f"{r[k]:.3f}" for k in OBJECT_FIGURES]
+        mark = "**" if r is chosen else ""
+        setting = [f"{mark}{r['setting'][k]}{mark}" for k in keys]
+        lines.append("| " + " | ".join(setting + figs) + " |")
+    return "\n".join(lines)
+
+
+def parse_threshold(v: str) -> float | str:
+    return v if v == "spec" else float(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configfile", nargs="+", type=Path, required=True)
+    p.add_argument("--workdir", type=Path, default=Path("."), help="the folder the workflow ran in")
+    p.add_argument("--dataset", required=True, help="a dataset of validation images (held out of the patch split)")
+    p.add_argument("--model", default=None, help="the model whose maps to post-process (default: the first)")
+    p.add_argument("--threshold", nargs="*", type=parse_threshold, default=[],
+                   help="probability cuts; 'spec' = the one chosen on the validation patches at training")
+    p.add_argument("--min-size", nargs="*", type=int, default=[])
+    p.add_argument("--max-hole", nargs="*", type=int, default=[])
+    p.add_argument("--h", nargs="*", type=float, default=[], help="watershed marker heights")
+    p.add_argument("--select", default="object_f1_pooled", choices=OBJECT_FIGURES)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    files = [f.resolve() for f in args.configfile]
+    os.chdir(args.workdir)
+    config = merged_config(files)
+    model = args.model or next(iter(config["models"]))
+    values = {"threshold": args.threshold, "min_size": args.min_size, "max_hole": args.max_hole, "h": args.h}
+    if not any(values.values()):
+        p.error("give at least one of --threshold, --min-size, --max-hole, --h")
+    rows = run(config, args.dataset, model, values)
+    chosen = best(rows, args.select)
+    out = (args.out or REPO / "benchmarks" / "results" / f"postprocess_{Path(config['results']).name}.json").resolve()
+    from _bench import device_name
+
+    write_json(out, {"configfiles": [str(f.relative_to(REPO)) if f.is_relative_to(REPO) else f.name for f in files],
+                     "dataset": args.dataset, "model": model, "select": args.select, "chosen": chosen["setting"],
+                     "device": device_name("cpu"), "date": dt.date.today().isoformat(), "rows": rows})
+    print(markdown(rows, chosen))
+    print(f"best by {args.select}: {chosen['setting']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

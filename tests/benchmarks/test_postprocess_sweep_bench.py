@@ -1,0 +1,104 @@
+"""benchmarks/postprocess_sweep.py on a fabricated finished run: each setting of the grid is post-processed and
+scored, the best is picked by the chosen figure, and only validation images (held out of the patch split) may be
+swept."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from histoflow.datasets import split_stems
+from histoflow.io import InputError, write_image, write_json
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("bench_sweep", REPO / "benchmarks" / "postprocess_sweep.py")
+sweep = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sweep)
+
+STEMS = ["a", "b", "c", "d", "e"]
+SEED, VAL_FRACTION = 0, 0.2
+
+
+def finished_run(root: Path) -> tuple[dict, list[str]]:
+    """Five 48² images with two square objects each; the 'model' predicted 0.7 inside the objects, 0.1 outside.
+
+    The held-out stem's maps are written under ``val``; a config whose ``val`` dataset is that stem.
+    """
+    held_out = split_stems(STEMS, VAL_FRACTION, SEED)[1]
+    for d in ("imgs", "masks", "res/normalized/val", "res/predictions/m/val"):
+        (root / d).mkdir(parents=True)
+    for stem in STEMS:
+        labels = np.zeros((48, 48), np.uint16)
+        labels[4:20, 4:20], labels[28:44, 26:42] = 1, 2
+        image = np.full((48, 48, 3), 200, np.uint8)
+        write_image(root / "imgs" / f"{stem}.png", image)
+        write_image(root / "masks" / f"{stem}.png", labels)
+        write_image(root / "res" / "normalized" / "val" / f"{stem}.png", image)
+        write_image(root / "res" / "predictions" / "m" / "val" / f"{stem}.tif",
+                    np.where(labels > 0, 0.7, 0.1).astype(np.float32))
+    write_json(root / "res" / "models" / "m" / "spec.json", {"arch": "unet", "threshold": 0.5, "target": "masks"})
+    cfg = {"results": "res", "device": "cpu", "seed": SEED,
+           "datasets": {"tr": {"images": "imgs", "masks": "masks", "split": "train"},
+                        "val": {"images": "imgs", "masks": "masks", "split": "test", "stems": held_out}},
+           "patches": {"val_fraction": VAL_FRACTION},
+           "models": {"m": {"arch": "unet"}},
+           "postprocess": {"min_size": 5, "h": 2.0}}
+    return cfg, held_out
+
+
+def test_every_setting_is_scored_and_the_best_is_chosen(tmp_path, monkeypatch, capsys):
+    cfg, _ = finished_run(tmp_path)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "sweep.json"
+    # 0.5 and the spec's 0.5 find both squares exactly; 0.8 is above every probability, so nothing is found
+    sweep.main(["--configfile", str(tmp_path / "c.yaml"), "--dataset", "val", "--model", "m",
+                "--threshold", "0.8", "spec", "0.5", "--min-size", "5", "300", "--out", str(out)])
+    rows = sweep.read_json(out)["rows"]
+    assert [(r["setting"]["threshold"], r["setting"]["min_size"]) for r in rows] == [
+        (0.8, 5), (0.8, 300), ("spec (0.5)", 5), ("spec (0.5)", 300), (0.5, 5), (0.5, 300)]
+    by = {(r["setting"]["threshold"], r["setting"]["min_size"]): r for r in rows}
+    assert by[("spec (0.5)", 5)]["object_f1_pooled"] == 1.0 and by[(0.5, 5)]["aji_mean"] == 1.0
+    assert by[(0.8, 5)]["object_f1_pooled"] == 0.0
+    assert by[(0.5, 300)]["object_f1_pooled"] == 0.0  # both 16² = 256 px squares are under 300 px
+    assert sweep.read_json(out)["chosen"] == {"threshold": "spec (0.5)", "min_size": 5}  # the first of the equals
+    assert "best by object_f1_pooled" in capsys.readouterr().out
+
+
+def test_best_is_the_lowest_hausdorff_and_the_highest_otherwise():
+    rows = [{"setting": {"h": 1}, "object_f1_pooled": 0.8, "object_hausdorff_pooled": 50.0},
+            {"setting": {"h": 2}, "object_f1_pooled": 0.9, "object_hausdorff_pooled": 60.0},
+            {"setting": {"h": 3}, "object_f1_pooled": None, "object_hausdorff_pooled": None}]
+    assert sweep.best(rows, "object_f1_pooled")["setting"] == {"h": 2}
+    assert sweep.best(rows, "object_hausdorff_pooled")["setting"] == {"h": 1}
+
+
+def test_grid_varies_the_last_key_fastest_and_keeps_the_rest():
+    base = {"threshold": None, "min_size": 30, "h": 2.0}
+    assert sweep.grid(base, {"threshold": [0.3, 0.4], "min_size": [], "h": [1.0, 2.0]}) == [
+        {"threshold": 0.3, "min_size": 30, "h": 1.0}, {"threshold": 0.3, "min_size": 30, "h": 2.0},
+        {"threshold": 0.4, "min_size": 30, "h": 1.0}, {"threshold": 0.4, "min_size": 30, "h": 2.0}]
+
+
+def test_images_outside_the_validation_split_are_refused(tmp_path, monkeypatch):
+    cfg, held_out = finished_run(tmp_path)
+    cfg["datasets"]["val"]["stems"] = sorted(set(STEMS) - set(held_out))[:1] + held_out  # one training image
+    monkeypatch.chdir(tmp_path)
+    config = sweep.merged_config([_write(tmp_path / "c.yaml", cfg)])
+    with pytest.raises(InputError, match=r"dataset 'val': 1 of its 2 images \(a\) are not validation images"):
+        sweep.run(config, "val", "m", {"threshold": [0.5]})
+    cfg["datasets"]["val"]["images"] = cfg["datasets"]["tr"]["images"] = "imgs"
+    cfg["datasets"]["val"].pop("stems")  # a test split of other images is refused the same way
+    cfg["datasets"]["tr"]["stems"] = held_out
+    config = sweep.merged_config([_write(tmp_path / "c.yaml", cfg)])
+    with pytest.raises(InputError, match="are not validation images"):
+        sweep.run(config, "val", "m", {"threshold": [0.5]})
+
+
+def _write(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
