@@ -49,3 +49,17 @@ def test_class_scores_and_soft_scores_count_the_region_only(window):
                      classes=classes)
     assert s["pooled_mean_dice"] == 1.0 and s["pooled_mean_tanimoto"] == pytest.approx(1.0)
     assert sum(map(sum, json.loads((tmp / "c.json").read_text())["confusion"])) == valid.sum()
+
+
+def test_per_fibre_sweep_counts_the_region_only(window):
+    from histoflow.io import write_json
+    from histoflow.stages.evaluate import run_evaluate_fibres
+
+    tmp, dataset, pred, _ = window
+    write_image(tmp / "prob" / "w.tif", (pred > 0).astype(np.float32) * 0.9)
+    write_json(tmp / "spec.json", {"arch": "unet", "threshold": 0.5, "target": "masks"})
+    args = (tmp / "prob", tmp / "spec.json", {"min_size": 0})
+    s = run_evaluate_fibres(*args, dataset, [0.5], tmp / "f.tsv", tmp / "f.json")
+    assert s["ft_object_f1_mean"] == 1.0  # the false positive lies outside the labelled region
+    s = run_evaluate_fibres(*args, {**dataset, "valid": {}}, [0.5], tmp / "f2.tsv", tmp / "f2.json")
+    assert s["ft_object_f1_mean"] == pytest.approx(2 / 3)  # without the region: 1 TP, 1 FP

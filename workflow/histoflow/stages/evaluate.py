@@ -123,13 +123,15 @@ def run_evaluate_fibres(
     (``"postprocess"``). The summaries are the fixed-threshold (FT) and dynamic-threshold (DT) ones
     (:func:`histoflow.metrics.fixed_and_dynamic_thresholds`, chosen by the per-fibre F1). Beside the per-fibre
     figures, which ignore predicted fibres that overlap no ground truth, the GlaS object F1 counts them
-    (``ft_object_f1_mean``, ``dt_object_f1_mean``).
+    (``ft_object_f1_mean``, ``dt_object_f1_mean``). Of an annotated slide's window only the labelled part counts
+    (:func:`~histoflow.datasets.labelled_part`), as in :func:`run_evaluate`.
     """
     import dataclasses
 
     import pandas as pd
     from tqdm import tqdm
 
+    from ..datasets import labelled_part
     from ..io import atomic_path, read_image
     from ..metrics import fixed_and_dynamic_thresholds, object_f1, per_fibre_precision_recall
     from ..postprocess import PostprocessConfig, postprocess
@@ -145,10 +147,15 @@ def run_evaluate_fibres(
     for stem in tqdm(dataset["test"], desc="per-fibre P/R", unit="image", mininterval=5):
         prob = read_image(Path(pred_dir) / f"{stem}.tif")
         gt = read_labels(dataset["masks"][stem], dataset["mask_type"])
+        valid = labelled_part(dataset, stem)
+        if valid is not None:  # an annotated slide's window: only its regions are labelled, as in run_evaluate
+            gt[~valid] = 0
         image = read_rgb(Path(normalized_dir) / f"{stem}.png") if (pp.graphcut and normalized_dir) else None
         per_t = []
         for t in thresholds:
             labels = postprocess(prob, dataclasses.replace(pp, threshold=float(t)), image=image, grow=grow)
+            if valid is not None:
+                labels[~valid] = 0
             r = per_fibre_precision_recall(labels, gt)
             r["object_f1"] = object_f1(labels, gt) if r["n_gt"] else float("nan")
             rows.append({"image": stem, "threshold": float(t), **r})
