@@ -9,8 +9,10 @@ of the listed values (the run's own ``postprocess:`` block for what is not liste
 on the validation patches at training) and scored by the workflow's evaluation. The dataset must be validation
 images: every one of its images must be among those the patch split held out of training (``split_stems`` of each
 training dataset with the run's ``seed`` and ``patches.val_fraction``), so nothing here can be chosen on a test
-split or on images the model was trained on. Prints a table with the best setting by ``--select`` (the higher the
-better, except Hausdorff) and writes every row to the JSON. Scratch outputs go under
+split or on images the model was trained on. Prints a table with the best setting by ``--select``: one figure (the
+higher the better, except Hausdorff), or ``glas_rank``, the GlaS challenge's ranking rule (the sum of the setting's
+ranks in object F1, object Dice and object Hausdorff; ties go to the higher object F1). Writes every row to the
+JSON. Scratch outputs go under
 ``<results>/postprocess_sweep/``.
 """
 
@@ -34,6 +36,7 @@ from histoflow.datasets import Dataset, resolve_datasets, split_stems  # noqa: E
 from histoflow.io import InputError, read_json, write_json  # noqa: E402
 
 LOWER_IS_BETTER = {"object_hausdorff_pooled", "object_hausdorff_mean"}
+GLAS_RANKED = ("object_f1_pooled", "object_dice_pooled", "object_hausdorff_pooled")
 
 
 def check_validation(datasets: dict[str, Dataset], name: str, seed: int, val_fraction: float) -> None:
@@ -55,8 +58,24 @@ def grid(base: dict[str, Any], values: dict[str, list[Any]]) -> list[dict[str, A
     return [{**base, **dict(zip(keys, combo, strict=True))} for combo in itertools.product(*(values[k] for k in keys))]
 
 
+def glas_rank(rows: list[dict[str, Any]]) -> list[int]:
+    """Each row's sum of ranks (1 = best; equals share the better rank) in the three GlaS object figures."""
+    total = [0] * len(rows)
+    for k in GLAS_RANKED:
+        sign = 1 if k in LOWER_IS_BETTER else -1
+        values = [float("inf") if r[k] is None else sign * r[k] for r in rows]
+        for i, v in enumerate(values):
+            total[i] += 1 + sum(w < v for w in values)
+    return total
+
+
 def best(rows: list[dict[str, Any]], select: str) -> dict[str, Any]:
-    """The row with the best ``select`` figure (lowest for a Hausdorff distance); the first of equals."""
+    """The best row by ``select``: the highest figure (lowest for a Hausdorff distance), or with ``"glas_rank"`` the
+    lowest GlaS rank sum, ties to the higher object F1; the first of equals."""
+    if select == "glas_rank":
+        ranks = glas_rank(rows)
+        f1 = [-(r["object_f1_pooled"] or 0.0) for r in rows]
+        return rows[min(range(len(rows)), key=lambda i: (ranks[i], f1[i]))]
     sign = 1 if select in LOWER_IS_BETTER else -1
     return min(rows, key=lambda r: float("inf") if r[select] is None else sign * r[select])
 
@@ -89,13 +108,13 @@ def run(config: dict[str, Any], dataset: str, model: str, values: dict[str, list
 
 def markdown(rows: list[dict[str, Any]], chosen: dict[str, Any]) -> str:
     keys = list(rows[0]["setting"])
-    lines = ["| " + " | ".join(keys + list(OBJECT_FIGURES)) + " |",
-             "|" + "---|" * len(keys) + "---:|" * len(OBJECT_FIGURES)]
+    lines = ["| " + " | ".join(keys + list(OBJECT_FIGURES)) + " | GlaS rank sum |",
+             "|" + "---|" * len(keys) + "---:|" * (len(OBJECT_FIGURES) + 1)]
     for r in rows:
         figs = ["–" if r[k] is None else f"{r[k]:.1f}" if "hausdorff" in k else f"{r[k]:.3f}" for k in OBJECT_FIGURES]
         mark = "**" if r is chosen else ""
         setting = [f"{mark}{r['setting'][k]}{mark}" for k in keys]
-        lines.append("| " + " | ".join(setting + figs) + " |")
+        lines.append("| " + " | ".join(setting + figs + [str(r.get("glas_rank_sum", "–"))]) + " |")
     return "\n".join(lines)
 
 
@@ -114,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-size", nargs="*", type=int, default=[])
     p.add_argument("--max-hole", nargs="*", type=int, default=[])
     p.add_argument("--h", nargs="*", type=float, default=[], help="watershed marker heights")
-    p.add_argument("--select", default="object_f1_pooled", choices=OBJECT_FIGURES)
+    p.add_argument("--select", default="object_f1_pooled", choices=(*OBJECT_FIGURES, "glas_rank"),
+                   help="the figure the best setting maximises (minimises for Hausdorff), or glas_rank: the GlaS "
+                        "challenge's sum of ranks in object F1, Dice and Hausdorff")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     files = [f.resolve() for f in args.configfile]
@@ -125,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     if not any(values.values()):
         p.error("give at least one of --threshold, --min-size, --max-hole, --h")
     rows = run(config, args.dataset, model, values)
+    for r, rank in zip(rows, glas_rank(rows), strict=True):
+        r["glas_rank_sum"] = rank
     chosen = best(rows, args.select)
     out = (args.out or REPO / "benchmarks" / "results" / f"postprocess_{Path(config['results']).name}.json").resolve()
     from _bench import device_name

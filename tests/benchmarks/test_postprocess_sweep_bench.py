@@ -102,3 +102,13 @@ def test_images_outside_the_validation_split_are_refused(tmp_path, monkeypatch):
 def _write(path: Path, cfg: dict) -> Path:
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def test_glas_rank_sums_the_three_object_figures_ranks():
+    figures = [(0.88, 0.85, 94.0), (0.87, 0.87, 82.0), (0.86, 0.87, 75.0)]
+    rows = [{"setting": {"t": i + 1}, "object_f1_pooled": f1, "object_dice_pooled": dice,
+             "object_hausdorff_pooled": hd} for i, (f1, dice, hd) in enumerate(figures)]
+    # F1 ranks 1, 2, 3; Dice 3, 1, 1 (equals share the better rank); Hausdorff 3, 2, 1
+    assert sweep.glas_rank(rows) == [7, 5, 5]
+    assert sweep.best(rows, "glas_rank")["setting"] == {"t": 2}  # 5 and 5: the higher object F1
+    assert sweep.best(rows, "object_f1_pooled")["setting"] == {"t": 1}
