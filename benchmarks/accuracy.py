@@ -2,6 +2,7 @@
 
     python benchmarks/accuracy.py --config config/glas.yaml [--device-name "NVIDIA H100 80GB HBM3"]
     python benchmarks/accuracy.py --config config/monuseg.yaml --dry-run      # print only
+    python benchmarks/accuracy.py --config config/glas_cpu.yaml config/ablations/glas_cpu_1600.yaml   # an overlay
 
 Reads what the workflow left in the config's results folder (run from the folder the workflow ran
 in, normally the repository root, or pass --workdir): per model and test dataset the evaluation
@@ -9,11 +10,14 @@ summary ``metrics/<model>/<dataset>_summary.json``, the model's ``spec.json`` (t
 both stages of a two-stage model, and device) and the ``predict`` job's benchmark file (inference
 wall-clock). Each figure becomes an entry under a key ``<dataset>_<metric>`` (``glas_testA_object_f1``,
 ``monuseg_aji``: a trailing ``_test`` of the dataset name is dropped) holding one entry per model:
-value, model, arch, recipe (the model's validated config block), config file, device (the GPU, or the CPU
-model and cores) and threads, training precision, inference backend and precision, training and inference
-seconds, the date the evaluation ran, the commit checked out when it was recorded.
-Entries of other models or configs already in the file are kept; the same model and config replace
-their own. Also prints a markdown table, with the config's published references beside ours.
+value, model, arch, recipe (the model's validated config block) and post-processing (the ``postprocess:``
+block), config files (merged as Snakemake merges several ``--configfile``), device (the GPU, or the CPU model and
+cores) and threads, training precision, inference backend and precision, training and inference seconds, the date
+the evaluation ran, the commit checked out when it was recorded.
+Every recipe scored stays recorded: a rerun of the same model, config, recipe and post-processing replaces its
+own entry; an entry of the same model and config with another recipe or post-processing is kept, marked
+``"superseded": true`` (the config has moved on; its overlay in ``config/ablations/`` reproduces it). Also prints
+a markdown table, with the config's published references beside ours.
 
 A test-split dataset made of training images (the validation images a CPU recipe is chosen on) is not
 a benchmark figure and is skipped. Only measured values are ever written, and only from a run that is the
@@ -121,14 +125,24 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def collect(config_path: Path, workdir: Path, device_name: str | None = None) -> dict[str, dict[str, Any]]:
-    """Every official figure of the run of ``config_path`` in ``workdir``: key → entry (one model)
-    as ``{key: {model: entry}}``.
+def load_config(config_paths: list[Path]) -> dict[str, Any]:
+    """The validated config of ``--configfile a.yaml b.yaml``: later files update earlier ones, as Snakemake does."""
+    from snakemake.utils import update_config
+
+    raw: dict[str, Any] = {}
+    for path in config_paths:
+        update_config(raw, yaml.safe_load(path.read_text()) or {})
+    return validate_config(raw)
+
+
+def collect(config_paths: list[Path], workdir: Path, device_name: str | None = None) -> dict[str, dict[str, Any]]:
+    """Every official figure of the run of ``config_paths`` (one config, or a config and its overlays) in
+    ``workdir``: key → entry (one model) as ``{key: {model: entry}}``.
 
     Raises :class:`RunMismatch` for a run that is not the config's benchmark and FileNotFoundError
     (naming the file) for a run that has not finished."""
-    raw = yaml.safe_load(config_path.read_text())
-    config = validate_config(raw)
+    config = load_config(config_paths)
+    config_path = " ".join(p.as_posix() for p in config_paths)
     for d in config["datasets"].values():  # the config's paths are relative to where the workflow ran
         for key in ("images", "masks"):
             if key in d and not Path(d[key]).is_absolute():
@@ -164,7 +178,8 @@ def collect(config_path: Path, workdir: Path, device_name: str | None = None) ->
                     "model": m,
                     "arch": model_cfg.get("arch", "ensemble"),
                     "recipe": model_cfg,
-                    "config": config_path.as_posix(),
+                    "postprocess": config["postprocess"],
+                    "config": config_path,
                     "dataset": d,
                     "summary_key": key,
                     "n_images": int(summary["n_images"]),
@@ -182,12 +197,24 @@ def collect(config_path: Path, workdir: Path, device_name: str | None = None) ->
 
 
 def merge(existing: dict[str, list[dict[str, Any]]], new: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """accuracy.json with ``new``'s entries replacing those of the same (model, config); others kept."""
+    """accuracy.json with ``new``'s entries added: one of the same model, config, recipe and post-processing is
+    replaced (a rerun); one of the same model and config with another recipe is kept as ``superseded``."""
+
+    def same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return all(a.get(k) == b.get(k) for k in ("model", "config", "recipe", "postprocess"))
+
     merged = {k: list(v) for k, v in existing.items()}
     for key, by_model in new.items():
-        kept = [e for e in merged.get(key, []) if (e["model"], e["config"]) not in
-                {(n["model"], n["config"]) for n in by_model.values()}]
-        merged[key] = sorted(kept + list(by_model.values()), key=lambda e: (e["config"], e["model"]))
+        kept = []
+        for e in merged.get(key, []):
+            if any(same_run(e, n) for n in by_model.values()):
+                continue
+            if any((e["model"], e["config"]) == (n["model"], n["config"]) for n in by_model.values()):
+                e = {**e, "superseded": True}
+            kept.append(e)
+        merged[key] = sorted(kept + list(by_model.values()),
+                             key=lambda e: (e["config"], e["model"], e.get("superseded", False) is False,
+                                            e.get("date", "")))
     return dict(sorted(merged.items()))
 
 
@@ -208,7 +235,8 @@ def markdown(new: dict[str, dict[str, Any]], references: dict[str, list[dict[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True, help="the config the workflow ran (config/glas.yaml)")
+    parser.add_argument("--config", type=Path, nargs="+", required=True,
+                        help="the config file(s) the workflow ran, as given to --configfile (config/glas.yaml)")
     parser.add_argument("--workdir", type=Path, default=Path("."), help="where the workflow ran (default: here)")
     parser.add_argument("--device-name", help="GPU model, for runs whose spec.json records only 'cuda' "
                         "(e.g. \"$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)\")")
@@ -220,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RunMismatch, FileNotFoundError) as exc:
         print(f"accuracy.py: {exc}", file=sys.stderr)
         return 1
-    references = validate_config(yaml.safe_load(args.config.read_text()))["references"]
+    references = load_config(args.config)["references"]
     print(markdown(new, references))
     if not args.dry_run:
         existing = json.loads(args.out.read_text()) if args.out.exists() else {}

@@ -110,6 +110,28 @@ def test_rerun_replaces_its_own_entries_and_keeps_the_others(run, tmp_path):
     assert unet["device"].startswith("cuda (GPU model not recorded")
 
 
+def test_another_recipe_keeps_the_earlier_one_as_superseded(run, tmp_path):
+    """Every recipe scored stays recorded: the config moved on (here: its post-processing, given as an overlay), so
+    the earlier entry is kept and marked; rerunning the new recipe replaces only its own entry."""
+    out = tmp_path / "accuracy.json"
+    assert record(run, out) == 0
+    put(run / "overlay.yaml", yaml.safe_dump({"postprocess": {"threshold": 0.6, "min_size": 2000}}))
+    args = ["--config", str(run / "cfg.yaml"), str(run / "overlay.yaml"), "--workdir", str(run), "--out", str(out)]
+    assert accuracy.main(args) == 0
+    assert accuracy.main(args) == 0
+    unet = [e for e in json.loads(out.read_text())["glas_testA_object_f1"] if e["model"] == "unet"]
+    assert len(unet) == 2  # the cfg.yaml-only entry, and one (not two) of the overlay's
+    old, new = sorted(unet, key=lambda e: e["config"])
+    assert old["postprocess"]["threshold"] is None and "superseded" not in old  # another config: both current
+    assert new["config"].endswith("cfg.yaml " + str(run / "overlay.yaml"))
+    assert (new["postprocess"]["threshold"], new["postprocess"]["min_size"]) == (0.6, 2000)
+    (run / "overlay.yaml").write_text(yaml.safe_dump({"postprocess": {"threshold": 0.5}}))
+    changed = {"model": "unet", "config": new["config"], "recipe": new["recipe"],
+               "postprocess": {**new["postprocess"], "threshold": 0.5}}
+    merged = accuracy.merge({"k": [new]}, {"k": {"unet": changed}})
+    assert merged["k"] == [{**new, "superseded": True}, changed]  # same model and config, another setting
+
+
 def test_dry_run_writes_nothing(run, tmp_path):
     out = tmp_path / "accuracy.json"
     assert record(run, out, "--dry-run") == 0

@@ -128,7 +128,7 @@ def tiny_run(name: str) -> dict:
 
 
 def load(name: str) -> dict:
-    return yaml.safe_load((REPO / "config" / name).read_text())
+    return load_file(f"config/{name}")
 
 
 def skip_without_data(name: str) -> None:
@@ -164,10 +164,42 @@ def test_config_validates_and_follows_the_protocol(name):
         if dname in tests and d["split"] != "auto":
             assert d["split"] == "test", dname
     assert set(cfg["references"]) <= set(tests)
-    assert cfg["postprocess"]["threshold"] is None  # chosen on validation images, never set by hand on test
+    check_postprocess_chosen_on_validation(name, cfg, tests)
     merged = load(name)
     update_config(merged, copy.deepcopy(OVERRIDES[name]))  # merged as Snakemake merges a second --configfile
     assert validate_config(merged)["models"].keys() == cfg["models"].keys()
+
+
+def check_postprocess_chosen_on_validation(name: str, cfg: dict, tests: list[str]) -> None:
+    """The threshold is the model's own (chosen on the validation patches), or a setting the post-processing sweep
+    chose on validation images: ``benchmarks/results/postprocess_<config>_validation.json`` records it."""
+    pp = cfg["postprocess"]
+    if pp["threshold"] is None:
+        return
+    record = REPO / "benchmarks" / "results" / f"postprocess_{Path(name).stem}_validation.json"
+    assert record.exists(), f"{name}: postprocess.threshold is set by hand, but no validation sweep chose it ({record})"
+    sweep = json.loads(record.read_text())
+    assert sweep["dataset"] not in tests and sweep["dataset"] in cfg["datasets"]
+    assert sweep["chosen"] == {k: pp[k] for k in sweep["chosen"]}, f"{name}: the config is not what {record} chose"
+
+
+@pytest.mark.parametrize("overlay", sorted(p.name for p in (REPO / "config" / "ablations").glob("*.yaml")))
+def test_ablation_overlays_validate_over_the_config_they_name(overlay):
+    """Each ``config/ablations/*.yaml`` says in its header the command that runs it; the files it names merge (as
+    Snakemake merges them) into a valid config with its own results folder."""
+    header = (REPO / "config" / "ablations" / overlay).read_text()
+    command = next(line for line in header.splitlines() if "--configfile" in line)
+    files = command.split("--configfile", 1)[1].split("--")[0].replace("\\", " ").split()
+    assert files[-1] == f"config/ablations/{overlay}", command
+    merged: dict = {}
+    for f in files:
+        update_config(merged, yaml.safe_load((REPO / f).read_text()))
+    cfg = validate_config(merged)
+    assert cfg["results"] not in {"results", *(validate_config(load_file(f))["results"] for f in files[:-1])}
+
+
+def load_file(path: str) -> dict:
+    return yaml.safe_load((REPO / path).read_text())
 
 
 @pytest.mark.shared
