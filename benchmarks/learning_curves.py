@@ -98,9 +98,9 @@ def plot(records: list[dict[str, Any]], title: str, path: Path) -> None:
     ax.set_ylabel("validation pixel Dice")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0, -0.2))  # below the axes: long labels hide no curve
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
