@@ -34,7 +34,7 @@ from skimage.segmentation import find_boundaries
 
 from .datasets import split_stems  # noqa: F401 - re-exported: the patch store's validation split
 from .io import atomic_path
-from .tiling import tile_starts
+from .tiling import pad_mode, tile_starts
 
 TARGET_FIELDS = ("masks", "boundaries", "interiors")
 FIELDS = ("images", "masks", "labels", "boundaries", "interiors", "classes", "weights", "distance_weights",
@@ -167,7 +167,7 @@ def pad_to(image: np.ndarray, maps: list[np.ndarray], size: int) -> tuple[np.nda
     ph, pw = max(size - image.shape[0], 0), max(size - image.shape[1], 0)
     if not (ph or pw):
         return image, maps
-    mode = "reflect" if ph < image.shape[0] and pw < image.shape[1] else "edge"
+    mode = {"reflect": "reflect", "replicate": "edge"}[pad_mode((ph, pw), image.shape[:2])]
     image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode)
     return image, [np.pad(m, ((0, ph), (0, pw))) for m in maps]
 

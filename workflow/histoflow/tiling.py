@@ -21,6 +21,15 @@ from .device import autocast, retry_halving_on_oom, to_device
 log = logging.getLogger(__name__)
 
 
+def pad_mode(pad: tuple[int, ...], size: tuple[int, ...]) -> str:
+    """The mode to pad axes of ``size`` pixels by ``pad`` pixels each, the same everywhere an image is padded.
+
+    ``"reflect"`` when every pad is shorter than its axis (reflection needs that), else ``"replicate"`` (repeat the
+    edge; numpy calls it ``"edge"``).
+    """
+    return "reflect" if all(p < n for p, n in zip(pad, size, strict=True)) else "replicate"
+
+
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of size ``tile`` covering ``[0, length)`` with at least ``overlap`` overlap.
 
@@ -167,8 +176,7 @@ def predict_tiled(
     c, h, w = x.shape
     pad_h, pad_w = max(tile - h, 0), max(tile - w, 0)
     if pad_h or pad_w:
-        mode = "reflect" if (pad_h < h and pad_w < w) else "replicate"
-        x = torch.nn.functional.pad(x[None], (0, pad_w, 0, pad_h), mode=mode)[0]
+        x = torch.nn.functional.pad(x[None], (0, pad_w, 0, pad_h), mode=pad_mode((pad_h, pad_w), (h, w)))[0]
     hp, wp = x.shape[-2:]
     th = tw = tile
     window = torch.from_numpy(blend_window((th, tw), blend))
@@ -176,8 +184,7 @@ def predict_tiled(
     if context < 0:
         raise ValueError(f"context must be >= 0, got {context}")
     if context:
-        mode = "reflect" if context < min(hp, wp) else "replicate"
-        x = torch.nn.functional.pad(x[None], (context,) * 4, mode=mode)[0]
+        x = torch.nn.functional.pad(x[None], (context,) * 4, mode=pad_mode((context, context), (hp, wp)))[0]
     device = torch.device(device)
     acc: torch.Tensor | None = None
     norm = torch.zeros((hp, wp), dtype=torch.float32)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tiling import pad_mode
 from . import register_model
 
 
@@ -108,8 +109,7 @@ class UNet(nn.Module):
         m = 2**self.depth
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
-            mode = "reflect" if (ph < h and pw < w) else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+            x = F.pad(x, (0, pw, 0, ph), mode=pad_mode((ph, pw), (h, w)))
         skips = []
         for block in self.down:
             x = block(x)

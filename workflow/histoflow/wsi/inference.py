@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..io import PathLike
+from ..tiling import pad_mode
 from .ngff import LEVEL0, dimension_names
 from .reader import Slide
 from .store import _FLUSH_COLS, CHUNK, _Writer, create_array, open_group
@@ -162,8 +163,8 @@ class _TileDataset:
         self.normalizer, self.stain_source = normalizer, stain_source
         h, w = grid.height, grid.width
         hp, wp = grid.padded
-        self.mode1 = "reflect" if (hp - h < h and wp - w < w) else "replicate"
-        self.mode2 = "reflect" if context < min(hp, wp) else "replicate"
+        self.mode1 = pad_mode((hp - h, wp - w), (h, w))  # as predict_tiled pads the image (histoflow.tiling)
+        self.mode2 = pad_mode((context, context), (hp, wp))
 
     def __len__(self) -> int:
         return len(self.tiles)
