@@ -184,7 +184,9 @@ def bare_step(name: str, x: torch.Tensor, variant: str):
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with ctx:
             out = model(xi)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(out.float(), y)
+        # deep supervision (vgg16_mdn in training: fused map and side outputs): every output's loss, as in training
+        outs = [out[0], *out[1]] if isinstance(out, tuple) else [out]
+        loss = sum(torch.nn.functional.binary_cross_entropy_with_logits(o.float(), y) for o in outs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -197,7 +199,12 @@ def training_row(name: str, x: torch.Tensor, repeats: int, variants: tuple[str, 
     row: dict[str, Any] = {v: {"error": "not run: no BF16 instructions on this CPU (emulated; see bf16_probe)"}
                            for v in TRAINING if v not in variants}
     for variant in variants:
-        seconds = best_time(bare_step(name, x, variant), repeats, warmup=True, slow_s=SLOW_S)
+        try:
+            seconds = best_time(bare_step(name, x, variant), repeats, warmup=True, slow_s=SLOW_S)
+        except Exception as exc:  # recorded, never silently dropped (like the inference variants)
+            row[variant] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            print(f"  {name} train {variant}: failed: {row[variant]['error']}", flush=True)
+            continue
         row[variant] = {"mp_s": round(megapixels / seconds, 3), "seconds": round(seconds, 4)}
         print(f"  {name} train {variant}: {row[variant]['mp_s']:.2f} MP/s", flush=True)
     return row
