@@ -74,6 +74,11 @@ def tiles(n: int, tile: int) -> torch.Tensor:
     return torch.stack([x[:, :, i * tile : (i + 1) * tile] for i in range(n)]).contiguous()
 
 
+def is_bf16(precision: str) -> bool:
+    """Whether a runtime's recorded precision is bf16 (OpenVINO writes ``<Type: 'bfloat16'>``)."""
+    return "bf16" in precision or "bfloat16" in precision
+
+
 def torch_runner(model: torch.nn.Module, x: torch.Tensor, bf16: bool, channels_last: bool):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     m = model.to(memory_format=fmt)
@@ -164,7 +169,7 @@ def inference_row(name: str, x: torch.Tensor, repeats: int, variants: tuple[str,
                 row[variant] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
                 print(f"  {name} {variant}: {row[variant]['error']}", flush=True)
                 continue
-            bf16 = variant.startswith("bf16") or "bf16" in info.get("precision", "")
+            bf16 = variant.startswith("bf16") or is_bf16(info.get("precision", ""))
             row[variant] = {"mp_s": round(megapixels / seconds, 3), "seconds": round(seconds, 4),
                             "max_abs_diff": diff, "agrees": diff <= TOLERANCE["bf16" if bf16 else "fp32"], **info}
             print(f"  {name} {variant}: {row[variant]['mp_s']:.2f} MP/s, max |diff| {diff:.1e}", flush=True)

@@ -46,3 +46,8 @@ def test_speedup_ignores_variants_that_disagree() -> None:
            "bf16": {"mp_s": 3.0, "agrees": True}, "missing": {"error": "ModuleNotFoundError: x"}}
     assert cpu_throughput.speedup(row, "eager_fp32") == (3.0, "bf16")
     assert cpu_throughput.speedup({"missing": {"error": "x"}}, "eager_fp32") == (None, None)
+
+
+def test_bf16_runtimes_are_judged_at_the_bf16_tolerance() -> None:
+    assert cpu_throughput.is_bf16("<Type: 'bfloat16'>")  # how OpenVINO reports its default precision on a BF16 CPU
+    assert cpu_throughput.is_bf16("bf16") and not cpu_throughput.is_bf16("<Type: 'float32'>")
