@@ -257,7 +257,7 @@ def test_pad_mode_reflects_only_where_every_pad_is_shorter_than_its_axis():
     assert pad_mode((3, 0), (4, 4)) == "reflect"  # 3 < 4: a mirror image of the last 3 rows exists
     assert pad_mode((4, 0), (4, 4)) == "replicate"  # 4 rows cannot mirror 4 (torch and numpy refuse)
     assert pad_mode((0, 5), (8, 2)) == "replicate"  # one axis too short is enough
-    x = torch.arange(4.0).reshape(1, 1, 1, 4)  # the rule is torch's own limit for reflection
+    x = torch.arange(4.0).reshape(1, 1, 4)  # the rule is torch's own limit for reflection
     torch.nn.functional.pad(x, (0, 3), mode=pad_mode((3,), (4,)))
     with pytest.raises(RuntimeError):
         torch.nn.functional.pad(x, (0, 4), mode="reflect")
