@@ -40,12 +40,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-from histoflow.config import validate_config  # noqa: E402
+from _bench import merged_config  # noqa: E402
+
 from histoflow.datasets import resolve_datasets  # noqa: E402
 from histoflow.io import read_json, write_json  # noqa: E402
 from histoflow.stages.report import model_timing  # noqa: E402
@@ -125,23 +125,13 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def load_config(config_paths: list[Path]) -> dict[str, Any]:
-    """The validated config of ``--configfile a.yaml b.yaml``: later files update earlier ones, as Snakemake does."""
-    from snakemake.utils import update_config
-
-    raw: dict[str, Any] = {}
-    for path in config_paths:
-        update_config(raw, yaml.safe_load(path.read_text()) or {})
-    return validate_config(raw)
-
-
 def collect(config_paths: list[Path], workdir: Path, device_name: str | None = None) -> dict[str, dict[str, Any]]:
     """Every official figure of the run of ``config_paths`` (one config, or a config and its overlays) in
     ``workdir``: key → entry (one model) as ``{key: {model: entry}}``.
 
     Raises :class:`RunMismatch` for a run that is not the config's benchmark and FileNotFoundError
     (naming the file) for a run that has not finished."""
-    config = load_config(config_paths)
+    config = merged_config(config_paths)  # as Snakemake merges several --configfile
     config_path = " ".join(p.as_posix() for p in config_paths)
     for d in config["datasets"].values():  # the config's paths are relative to where the workflow ran
         for key in ("images", "masks"):
@@ -248,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RunMismatch, FileNotFoundError) as exc:
         print(f"accuracy.py: {exc}", file=sys.stderr)
         return 1
-    references = load_config(args.config)["references"]
+    references = merged_config(args.config)["references"]
     print(markdown(new, references))
     if not args.dry_run:
         existing = json.loads(args.out.read_text()) if args.out.exists() else {}

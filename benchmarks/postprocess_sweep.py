@@ -35,7 +35,7 @@ from _bench import OBJECT_FIGURES, dataset_entry, merged_config, score  # noqa: 
 from histoflow.datasets import Dataset, resolve_datasets, split_stems  # noqa: E402
 from histoflow.io import InputError, read_json, write_json  # noqa: E402
 
-LOWER_IS_BETTER = {"object_hausdorff_pooled", "object_hausdorff_mean"}
+LOWER_IS_BETTER = {"object_hausdorff_pooled"}
 GLAS_RANKED = ("object_f1_pooled", "object_dice_pooled", "object_hausdorff_pooled")
 
 

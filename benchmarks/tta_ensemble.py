@@ -34,8 +34,6 @@ from histoflow.datasets import resolve_datasets  # noqa: E402
 from histoflow.io import read_json, write_json  # noqa: E402
 from histoflow.stages.predict import run_ensemble_predict, run_ensemble_spec, run_predict  # noqa: E402
 
-FIGURES = OBJECT_FIGURES
-
 
 def run(config: dict[str, Any], tta: list[str], members: list[str] | None, device: str,
         models: list[str] | None = None, only: list[str] | None = None) -> list[dict[str, Any]]:
@@ -59,7 +57,8 @@ def run(config: dict[str, Any], tta: list[str], members: list[str] | None, devic
                 preds[m] = out / "predictions"
                 summary = score(config["postprocess"], results / "normalized" / dataset,
                                 results / "models" / m / "spec.json", out / "predictions", ds, out)
-                rows.append({"model": m, "tta": setting, "dataset": dataset, **{k: summary.get(k) for k in FIGURES}})
+                figures = {k: summary.get(k) for k in OBJECT_FIGURES}
+                rows.append({"model": m, "tta": setting, "dataset": dataset, **figures})
                 print(rows[-1], flush=True)
             if len(members) > 1:
                 name = "+".join(members)
@@ -69,17 +68,18 @@ def run(config: dict[str, Any], tta: list[str], members: list[str] | None, devic
                                            out / "spec.json")
                 summary = score(config["postprocess"], results / "normalized" / dataset, out / "spec.json",
                                 out / "predictions", ds, out)
-                rows.append({"model": name, "tta": setting, "dataset": dataset, **{k: summary.get(k) for k in FIGURES}})
+                figures = {k: summary.get(k) for k in OBJECT_FIGURES}
+                rows.append({"model": name, "tta": setting, "dataset": dataset, **figures})
                 print(rows[-1], flush=True)
     return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    head = "| dataset | model | TTA | " + " | ".join(FIGURES) + " |"
-    lines = [head, "|" + "---|" * 3 + "---:|" * len(FIGURES)]
+    head = "| dataset | model | TTA | " + " | ".join(OBJECT_FIGURES) + " |"
+    lines = [head, "|" + "---|" * 3 + "---:|" * len(OBJECT_FIGURES)]
     for r in rows:
         vals = " | ".join("–" if r[k] is None else f"{r[k]:.3f}" if k != "object_hausdorff_pooled" else f"{r[k]:.1f}"
-                          for k in FIGURES)
+                          for k in OBJECT_FIGURES)
         lines.append(f"| {r['dataset']} | {r['model']} | {r['tta']} | {vals} |")
     return "\n".join(lines)
 
