@@ -2,7 +2,7 @@
 
     python benchmarks/postprocess_sweep.py --configfile config/glas_cpu.yaml [more.yaml ...] --dataset glas_val
         [--model unet] [--threshold spec 0.3 0.4] [--min-size 100 300] [--max-hole ...] [--h ...]
-        [--select object_f1_pooled] [--out benchmarks/results/postprocess_<results>.json]
+        [--select object_f1_pooled] [--min-wins 0.5] [--out benchmarks/results/postprocess_<results>.json]
 
 The probability maps the workflow already predicted for ``--dataset`` are post-processed with every combination
 of the listed values (the run's own ``postprocess:`` block for what is not listed; ``spec`` is the threshold chosen
@@ -12,8 +12,12 @@ training dataset with the run's ``seed`` and ``patches.val_fraction``), so nothi
 split or on images the model was trained on. Prints a table with the best setting by ``--select``: one figure (the
 higher the better, except Hausdorff), or ``glas_rank``, the GlaS challenge's ranking rule (the sum of the setting's
 ranks in object F1, object Dice and object Hausdorff; ties go to the higher object F1). Writes every row to the
-JSON. Scratch outputs go under
-``<results>/postprocess_sweep/``.
+JSON. Scratch outputs go under ``<results>/postprocess_sweep/``.
+
+A few validation images can make a setting look better by chance (MoNuSeg's 6: a threshold that won there by
+two images lost on the test set). ``--min-wins F`` guards the choice of a per-image figure (``aji_mean``,
+``pq_mean``, ``pixel_f1_mean``): a setting may replace the run's own only if it beats it on more than the fraction
+``F`` of the images (0.5: a majority), so the grid must include the run's own setting.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from histoflow.datasets import Dataset, resolve_datasets, split_stems  # noqa: E
 from histoflow.io import InputError, read_json, write_json  # noqa: E402
 
 LOWER_IS_BETTER = {"object_hausdorff_pooled"}
+PER_IMAGE = {"aji_mean": "aji", "pq_mean": "pq", "pixel_f1_mean": "pixel_f1"}
+"""The per-image figures (summary key → metrics.tsv column) that ``--min-wins`` can compare image by image."""
 GLAS_RANKED = ("object_f1_pooled", "object_dice_pooled", "object_hausdorff_pooled")
 
 
@@ -80,6 +86,31 @@ def best(rows: list[dict[str, Any]], select: str) -> dict[str, Any]:
     return min(rows, key=lambda r: float("inf") if r[select] is None else sign * r[select])
 
 
+def wins(row: dict[str, Any], own: dict[str, Any], select: str) -> int:
+    """On how many images ``row``'s per-image ``select`` figure is higher than ``own``'s."""
+    col = PER_IMAGE[select]
+    mine, theirs = row["per_image"][col], own["per_image"][col]
+    return sum(mine[k] > theirs[k] for k in theirs)
+
+
+def best_robust(rows: list[dict[str, Any]], select: str, own: dict[str, Any], min_wins: float) -> dict[str, Any]:
+    """The best row by ``select`` among ``own`` (the run's own setting) and the rows that beat it on more than the
+    fraction ``min_wins`` of the images."""
+    n = len(own["per_image"][PER_IMAGE[select]])
+    return best([r for r in rows if r is own or wins(r, own, select) > min_wins * n], select)
+
+
+def own_row(rows: list[dict[str, Any]], postprocess: dict[str, Any]) -> dict[str, Any]:
+    """The row whose setting is the run's own ``postprocess:`` block (threshold ``null`` = the model's spec)."""
+    for r in rows:
+        if all(r["setting"][k] == postprocess.get(k) or (k == "threshold" and postprocess.get(k) is None
+                                                          and str(r["setting"][k]).startswith("spec"))
+               for k in r["setting"]):
+            return r
+    raise InputError(f"--min-wins compares each setting with the run's own, {postprocess}, but the grid does not "
+                     "include it: add its values (the threshold as 'spec' when the config's is null).")
+
+
 def run(config: dict[str, Any], dataset: str, model: str, values: dict[str, list[Any]]) -> list[dict[str, Any]]:
     results = Path(config["results"])
     datasets = resolve_datasets(config)
@@ -101,20 +132,30 @@ def run(config: dict[str, Any], dataset: str, model: str, values: dict[str, list
         shown = {k: pp[k] for k in values if values[k]}
         if "threshold" in shown and shown["threshold"] is None:
             shown["threshold"] = f"spec ({spec_threshold})"
-        rows.append({"setting": shown, **{k: summary.get(k) for k in OBJECT_FIGURES}})
-        print(rows[-1], flush=True)
+        per_image = read_tsv(results / "postprocess_sweep" / model / dataset / str(i) / "metrics.tsv")
+        rows.append({"setting": shown, **{k: summary.get(k) for k in OBJECT_FIGURES},
+                     "per_image": {c: {r["image"]: float(r[c]) for r in per_image} for c in PER_IMAGE.values()}})
+        print({k: v for k, v in rows[-1].items() if k != "per_image"}, flush=True)
     return rows
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
 
 
 def markdown(rows: list[dict[str, Any]], chosen: dict[str, Any]) -> str:
     keys = list(rows[0]["setting"])
-    lines = ["| " + " | ".join(keys + list(OBJECT_FIGURES)) + " | GlaS rank sum |",
-             "|" + "---|" * len(keys) + "---:|" * (len(OBJECT_FIGURES) + 1)]
+    extra = ["glas_rank_sum"] + (["wins_over_own"] if "wins_over_own" in rows[0] else [])
+    lines = ["| " + " | ".join(keys + list(OBJECT_FIGURES) + extra) + " |",
+             "|" + "---|" * len(keys) + "---:|" * (len(OBJECT_FIGURES) + len(extra))]
     for r in rows:
         figs = ["–" if r[k] is None else f"{r[k]:.1f}" if "hausdorff" in k else f"{r[k]:.3f}" for k in OBJECT_FIGURES]
         mark = "**" if r is chosen else ""
         setting = [f"{mark}{r['setting'][k]}{mark}" for k in keys]
-        lines.append("| " + " | ".join(setting + figs + [str(r.get("glas_rank_sum", "–"))]) + " |")
+        lines.append("| " + " | ".join(setting + figs + [str(r.get(k, "–")) for k in extra]) + " |")
     return "\n".join(lines)
 
 
@@ -136,8 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select", default="object_f1_pooled", choices=(*OBJECT_FIGURES, "glas_rank"),
                    help="the figure the best setting maximises (minimises for Hausdorff), or glas_rank: the GlaS "
                         "challenge's sum of ranks in object F1, Dice and Hausdorff")
+    p.add_argument("--min-wins", type=float, default=None, metavar="F",
+                   help="keep the run's own setting unless another beats it on more than this fraction of the images "
+                        f"(only with a per-image --select: {', '.join(PER_IMAGE)})")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.min_wins is not None and args.select not in PER_IMAGE:
+        p.error(f"--min-wins compares image by image: --select one of {', '.join(PER_IMAGE)}")
     files = [f.resolve() for f in args.configfile]
     os.chdir(args.workdir)
     config = merged_config(files)
@@ -149,11 +195,23 @@ def main(argv: list[str] | None = None) -> int:
     for r, rank in zip(rows, glas_rank(rows), strict=True):
         r["glas_rank_sum"] = rank
     chosen = best(rows, args.select)
+    own = None
+    if args.min_wins is not None:
+        own = own_row(rows, config["postprocess"])
+        n = len(own["per_image"][PER_IMAGE[args.select]])
+        for r in rows:
+            r["wins_over_own"] = wins(r, own, args.select)
+        top = chosen
+        chosen = best_robust(rows, args.select, own, args.min_wins)
+        if chosen is not top:
+            print(f"best by {args.select} alone: {top['setting']}, but it beats the run's own setting on only "
+                  f"{top['wins_over_own']} of {n} images (--min-wins {args.min_wins})")
     out = (args.out or REPO / "benchmarks" / "results" / f"postprocess_{Path(config['results']).name}.json").resolve()
     from _bench import device_name
 
     write_json(out, {"configfiles": [str(f.relative_to(REPO)) if f.is_relative_to(REPO) else f.name for f in files],
-                     "dataset": args.dataset, "model": model, "select": args.select, "chosen": chosen["setting"],
+                     "dataset": args.dataset, "model": model, "select": args.select, "min_wins": args.min_wins,
+                     "own": None if own is None else own["setting"], "chosen": chosen["setting"],
                      "device": device_name("cpu"), "date": dt.date.today().isoformat(), "rows": rows})
     print(markdown(rows, chosen))
     print(f"best by {args.select}: {chosen['setting']}")

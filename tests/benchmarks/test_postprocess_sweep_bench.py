@@ -112,3 +112,38 @@ def test_glas_rank_sums_the_three_object_figures_ranks():
     assert sweep.glas_rank(rows) == [7, 5, 5]
     assert sweep.best(rows, "glas_rank")["setting"] == {"t": 2}  # 5 and 5: the higher object F1
     assert sweep.best(rows, "object_f1_pooled")["setting"] == {"t": 1}
+
+
+def _aji_row(name: str, per_image: dict[str, float]) -> dict:
+    return {"setting": {"threshold": name}, "aji_mean": sum(per_image.values()) / len(per_image),
+            "per_image": {"aji": per_image, "pq": per_image, "pixel_f1": per_image}}
+
+
+def test_min_wins_keeps_the_own_setting_unless_a_majority_of_images_agree():
+    own = _aji_row("spec (0.4)", {"a": 0.5, "b": 0.5, "c": 0.5, "d": 0.5})
+    lucky = _aji_row(0.6, {"a": 0.9, "b": 0.4, "c": 0.4, "d": 0.5})  # mean 0.55, higher on 1 image of 4
+    steady = _aji_row(0.5, {"a": 0.55, "b": 0.55, "c": 0.55, "d": 0.45})  # mean 0.525, higher on 3 of 4
+    rows = [own, lucky, steady]
+    assert sweep.best(rows, "aji_mean") is lucky
+    assert [sweep.wins(r, own, "aji_mean") for r in rows] == [0, 1, 3]
+    assert sweep.best_robust(rows, "aji_mean", own, 0.5) is steady  # 3 > 0.5 * 4; lucky's 1 is not
+    assert sweep.best_robust(rows, "aji_mean", own, 0.75) is own  # 3 is not more than 0.75 * 4
+    assert sweep.own_row(rows, {"threshold": None, "min_size": 8}) is own
+    with pytest.raises(InputError, match="the grid does not include it"):
+        sweep.own_row(rows, {"threshold": 0.45})
+
+
+def test_min_wins_through_the_command_records_each_settings_wins(tmp_path, monkeypatch):
+    cfg, held_out = finished_run(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "sweep.json"
+    # the config's own threshold is the spec's (null); 0.8 finds nothing, so it wins on no image
+    sweep.main(["--configfile", str(_write(tmp_path / "c.yaml", cfg)), "--dataset", "val", "--model", "m",
+                "--threshold", "0.8", "spec", "--select", "aji_mean", "--min-wins", "0.5", "--out", str(out)])
+    result = sweep.read_json(out)
+    assert result["own"] == result["chosen"] == {"threshold": "spec (0.5)"}
+    assert [r["wins_over_own"] for r in result["rows"]] == [0, 0]
+    assert set(result["rows"][0]["per_image"]["aji"]) == set(held_out)
+    with pytest.raises(SystemExit):  # a pooled figure cannot be compared image by image
+        sweep.main(["--configfile", str(tmp_path / "c.yaml"), "--dataset", "val", "--model", "m",
+                    "--threshold", "spec", "--min-wins", "0.5"])
