@@ -33,6 +33,7 @@ test images; multi-class (ISBI 2012 EM) the Dice of the pooled test pixels, per 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import subprocess
@@ -125,13 +126,14 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def collect(config_paths: list[Path], workdir: Path, device_name: str | None = None) -> dict[str, dict[str, Any]]:
-    """Every official figure of the run of ``config_paths`` (one config, or a config and its overlays) in
-    ``workdir``: key → entry (one model) as ``{key: {model: entry}}``.
+def collect(config: dict[str, Any], config_paths: list[Path], workdir: Path,
+            device_name: str | None = None) -> dict[str, dict[str, Any]]:
+    """Every official figure of the run in ``workdir`` of ``config``, the validated merge of ``config_paths`` (one
+    config, or a config and its overlays): key → entry (one model) as ``{key: {model: entry}}``.
 
     Raises :class:`RunMismatch` for a run that is not the config's benchmark and FileNotFoundError
     (naming the file) for a run that has not finished."""
-    config = merged_config(config_paths)  # as Snakemake merges several --configfile
+    config = copy.deepcopy(config)  # its dataset paths are made absolute below
     config_path = " ".join(p.as_posix() for p in config_paths)
     for d in config["datasets"].values():  # the config's paths are relative to where the workflow ran
         for key in ("images", "masks"):
@@ -233,13 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT, help=f"default {OUT.relative_to(REPO)}")
     parser.add_argument("--dry-run", action="store_true", help="print the table, write nothing")
     args = parser.parse_args(argv)
+    config = merged_config(args.config)  # as Snakemake merges several --configfile
     try:
-        new = collect(args.config, args.workdir.resolve(), args.device_name)
+        new = collect(config, args.config, args.workdir.resolve(), args.device_name)
     except (RunMismatch, FileNotFoundError) as exc:
         print(f"accuracy.py: {exc}", file=sys.stderr)
         return 1
-    references = merged_config(args.config)["references"]
-    print(markdown(new, references))
+    print(markdown(new, config["references"]))
     if not args.dry_run:
         existing = json.loads(args.out.read_text()) if args.out.exists() else {}
         write_json(args.out, merge(existing, new))
