@@ -131,6 +131,21 @@ def test_reference_table_puts_published_and_our_figures_in_the_same_columns(tmp_
     assert rows[3] == ["histoflow: ens", "this run", "0.810", "–", "–", "–", "–", "–"]
 
 
+def test_reference_table_reads_the_per_fibre_summary_for_ft_and_dt_columns(tmp_path):
+    # the VGG16 fibre paper's Table 1 columns live in <dataset>_fibres.json, not in the evaluation summary
+    (tmp_path / "metrics" / "vgg").mkdir(parents=True)
+    (tmp_path / "metrics" / "vgg" / "fibres_summary.json").write_text(json.dumps({"n_images": 3, "aji_mean": 0.7}))
+    (tmp_path / "metrics" / "vgg" / "fibres_fibres.json").write_text(json.dumps(
+        {"n_images": 3, "ft_f1_mean": 0.812, "dt_f1_mean": 0.845, "ft_threshold": 0.4}))
+    paper = [{"method": "VGG16 MDN", "source": "Table 1", "note": "their 500 muscle images",
+              "metrics": {"dt_f1_mean": 0.89, "ft_f1_mean": 0.86}}]
+    table = reference_table(str(tmp_path), ["vgg"], "fibres", paper)
+    rows = [re.findall(r"<td>(.*?)</td>", r) for r in re.findall(r"<tr>(<td>.*?)</tr>", table)]
+    assert "<th>F (FT)</th><th>F (DT)</th>" in table  # the usual order, not the config's
+    assert rows[0][:4] == ["VGG16 MDN", "Table 1 — their 500 muscle images", "0.860", "0.890"]
+    assert rows[1][:4] == ["histoflow: vgg", "this run", "0.812", "0.845"]
+
+
 def test_reference_section_only_for_datasets_with_references(tmp_path):
     _finished_run(tmp_path)
     assert reference_section(str(tmp_path), ["unet"], {}, ["glas_testA"]) == []

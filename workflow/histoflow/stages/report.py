@@ -76,6 +76,20 @@ REFERENCE_LABELS = {
     "pq_mean": "PQ",
     "ap50_pooled": "AP@0.5",
     "box_ap50_pooled": "box AP@0.5",
+    # the VGG16 fibre paper's Table 1 (metrics/<model>/<dataset>_fibres.json)
+    "ft_f1_mean": "F (FT)",
+    "dt_f1_mean": "F (DT)",
+    "ft_precision_mean": "precision (FT)",
+    "dt_precision_mean": "precision (DT)",
+    "ft_recall_mean": "recall (FT)",
+    "dt_recall_mean": "recall (DT)",
+    # Res-CR-Net's table (class-averaged, pooled over the test images)
+    "pooled_mean_tanimoto": "Tanimoto",
+    "pooled_mean_soft_dice": "Dice (soft)",
+    "pooled_jaccard_of_mean_pr": "Jaccard",
+    "pooled_mean_precision": "precision",
+    "pooled_mean_recall": "recall",
+    "pooled_f1_of_mean_pr": "F1",
 }
 
 
@@ -117,7 +131,8 @@ def model_timing(results: str, model: str, dataset: str) -> dict[str, Any]:
 def reference_table(results: str, models: list[str], dataset: str, references: list[dict[str, Any]]) -> str:
     """Published results on ``dataset`` (config ``references:``) and ours, in the same columns.
 
-    One column per summary key the references give, plus our training and inference wall-clock times.
+    One column per summary key the references give, plus our training and inference wall-clock times. Our
+    figures come from the evaluation summary and, where the run made it, the per-fibre summary (FT / DT keys).
     """
     keys: list[str] = []
     for ref in references:
@@ -130,6 +145,9 @@ def reference_table(results: str, models: list[str], dataset: str, references: l
              *(_format_metric(k, ref["metrics"].get(k)) for k in keys), "", "", ""] for ref in references]
     for m in models:
         summary = read_json(Path(results) / "metrics" / m / f"{dataset}_summary.json")
+        fibres = Path(results) / "metrics" / m / f"{dataset}_fibres.json"
+        if fibres.exists():
+            summary = {**read_json(fibres), **summary}
         t = model_timing(results, m, dataset)
         rows.append([f"histoflow: {m}", "this run", *(_format_metric(k, summary.get(k)) for k in keys),
                      "–" if t["train_seconds"] is None else f"{t['train_seconds']:.0f}",
@@ -148,8 +166,9 @@ def reference_section(results: str, models: list[str], references: dict[str, lis
         parts.append(f"<h3>{html.escape(d)}</h3>")
         parts.append(reference_table(results, models, d, references[d]))
     parts.append(
-        "<p class=note>Published figures as their authors report them (config <code>references:</code>), on the "
-        "same test images but with their own training; ours are this run's evaluation of the same images, in the "
+        "<p class=note>Published figures as their authors report them (config <code>references:</code>), with "
+        "their own training, on the same test images unless a row's source or note names other data (a seed "
+        "config's paper whose data is not public); ours are this run's evaluation of its test images, in the "
         "column of the figure computed the same way. GlaS: object F1 from the detections pooled over the test "
         "part, object Dice and Hausdorff over all objects of the test part (pixels). AJI and pixel Dice: mean "
         "over test images. Training time includes both stages of a two-stage model; inference is the predict "
