@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow"))
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -127,23 +129,17 @@ def run(config: dict[str, Any], dataset: str, model: str, values: dict[str, list
     for i, pp in enumerate(grid(dict(config["postprocess"]), values)):
         if pp.get("threshold") == "spec":
             pp["threshold"] = None
+        scratch = results / "postprocess_sweep" / model / dataset / str(i)
         summary = score(pp, results / "normalized" / dataset, spec_json, pred, dataset_entry(datasets[dataset]),
-                        results / "postprocess_sweep" / model / dataset / str(i))
+                        scratch)
         shown = {k: pp[k] for k in values if values[k]}
         if "threshold" in shown and shown["threshold"] is None:
             shown["threshold"] = f"spec ({spec_threshold})"
-        per_image = read_tsv(results / "postprocess_sweep" / model / dataset / str(i) / "metrics.tsv")
+        per_image = pd.read_csv(scratch / "metrics.tsv", sep="\t", dtype={"image": str}).set_index("image")
         rows.append({"setting": shown, **{k: summary.get(k) for k in OBJECT_FIGURES},
-                     "per_image": {c: {r["image"]: float(r[c]) for r in per_image} for c in PER_IMAGE.values()}})
+                     "per_image": {c: per_image[c].astype(float).to_dict() for c in PER_IMAGE.values()}})
         print({k: v for k, v in rows[-1].items() if k != "per_image"}, flush=True)
     return rows
-
-
-def read_tsv(path: Path) -> list[dict[str, str]]:
-    import csv
-
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
 
 
 def markdown(rows: list[dict[str, Any]], chosen: dict[str, Any]) -> str:
