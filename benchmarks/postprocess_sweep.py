@@ -95,19 +95,23 @@ def wins(row: dict[str, Any], own: dict[str, Any], select: str) -> int:
     return sum(mine[k] > theirs[k] for k in theirs)
 
 
+def record_wins(rows: list[dict[str, Any]], own: dict[str, Any], select: str) -> None:
+    """Store in each row, as ``wins_over_own``, on how many images it beats ``own`` (the run's own setting)."""
+    for r in rows:
+        r["wins_over_own"] = wins(r, own, select)
+
+
 def best_robust(rows: list[dict[str, Any]], select: str, own: dict[str, Any], min_wins: float) -> dict[str, Any]:
-    """The best row by ``select`` among ``own`` (the run's own setting) and the rows that beat it on more than the
-    fraction ``min_wins`` of the images."""
+    """The best row by ``select`` among ``own`` and the rows that beat it (``wins_over_own``, see
+    :func:`record_wins`) on more than the fraction ``min_wins`` of the images."""
     n = len(own["per_image"][PER_IMAGE[select]])
-    return best([r for r in rows if r is own or wins(r, own, select) > min_wins * n], select)
+    return best([r for r in rows if r is own or r["wins_over_own"] > min_wins * n], select)
 
 
 def own_row(rows: list[dict[str, Any]], postprocess: dict[str, Any]) -> dict[str, Any]:
-    """The row whose setting is the run's own ``postprocess:`` block (threshold ``null`` = the model's spec)."""
+    """The row whose swept values are the run's own ``postprocess:`` block (threshold ``null`` = the model's spec)."""
     for r in rows:
-        if all(r["setting"][k] == postprocess.get(k) or (k == "threshold" and postprocess.get(k) is None
-                                                          and str(r["setting"][k]).startswith("spec"))
-               for k in r["setting"]):
+        if all(v == postprocess.get(k) for k, v in r["postprocess"].items()):
             return r
     raise InputError(f"--min-wins compares each setting with the run's own, {postprocess}, but the grid does not "
                      "include it: add its values (the threshold as 'spec' when the config's is null).")
@@ -132,13 +136,14 @@ def run(config: dict[str, Any], dataset: str, model: str, values: dict[str, list
         scratch = results / "postprocess_sweep" / model / dataset / str(i)
         summary = score(pp, results / "normalized" / dataset, spec_json, pred, dataset_entry(datasets[dataset]),
                         scratch)
-        shown = {k: pp[k] for k in values if values[k]}
+        swept = {k: pp[k] for k in values if values[k]}
+        shown = dict(swept)
         if "threshold" in shown and shown["threshold"] is None:
             shown["threshold"] = f"spec ({spec_threshold})"
         per_image = pd.read_csv(scratch / "metrics.tsv", sep="\t", dtype={"image": str}).set_index("image")
-        rows.append({"setting": shown, **{k: summary.get(k) for k in OBJECT_FIGURES},
+        rows.append({"setting": shown, "postprocess": swept, **{k: summary.get(k) for k in OBJECT_FIGURES},
                      "per_image": {c: per_image[c].astype(float).to_dict() for c in PER_IMAGE.values()}})
-        print({k: v for k, v in rows[-1].items() if k != "per_image"}, flush=True)
+        print({k: v for k, v in rows[-1].items() if k not in ("per_image", "postprocess")}, flush=True)
     return rows
 
 
@@ -195,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.min_wins is not None:
         own = own_row(rows, config["postprocess"])
         n = len(own["per_image"][PER_IMAGE[args.select]])
-        for r in rows:
-            r["wins_over_own"] = wins(r, own, args.select)
+        record_wins(rows, own, args.select)
         top = chosen
         chosen = best_robust(rows, args.select, own, args.min_wins)
         if chosen is not top:

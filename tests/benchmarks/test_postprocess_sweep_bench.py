@@ -115,7 +115,9 @@ def test_glas_rank_sums_the_three_object_figures_ranks():
 
 
 def _aji_row(name: str, per_image: dict[str, float]) -> dict:
-    return {"setting": {"threshold": name}, "aji_mean": sum(per_image.values()) / len(per_image),
+    threshold = None if str(name).startswith("spec") else name  # the value the sweep ran; the model's own is null
+    return {"setting": {"threshold": name}, "postprocess": {"threshold": threshold},
+            "aji_mean": sum(per_image.values()) / len(per_image),
             "per_image": {"aji": per_image, "pq": per_image, "pixel_f1": per_image}}
 
 
@@ -125,7 +127,8 @@ def test_min_wins_keeps_the_own_setting_unless_a_majority_of_images_agree():
     steady = _aji_row(0.5, {"a": 0.55, "b": 0.55, "c": 0.55, "d": 0.45})  # mean 0.525, higher on 3 of 4
     rows = [own, lucky, steady]
     assert sweep.best(rows, "aji_mean") is lucky
-    assert [sweep.wins(r, own, "aji_mean") for r in rows] == [0, 1, 3]
+    sweep.record_wins(rows, own, "aji_mean")
+    assert [r["wins_over_own"] for r in rows] == [0, 1, 3]
     assert sweep.best_robust(rows, "aji_mean", own, 0.5) is steady  # 3 > 0.5 * 4; lucky's 1 is not
     assert sweep.best_robust(rows, "aji_mean", own, 0.75) is own  # 3 is not more than 0.75 * 4
     assert sweep.own_row(rows, {"threshold": None, "min_size": 8}) is own
@@ -143,6 +146,7 @@ def test_min_wins_through_the_command_records_each_settings_wins(tmp_path, monke
     result = sweep.read_json(out)
     assert result["own"] == result["chosen"] == {"threshold": "spec (0.5)"}
     assert [r["wins_over_own"] for r in result["rows"]] == [0, 0]
+    assert [r["postprocess"] for r in result["rows"]] == [{"threshold": 0.8}, {"threshold": None}]  # as run
     assert set(result["rows"][0]["per_image"]["aji"]) == set(held_out)
     with pytest.raises(SystemExit):  # a pooled figure cannot be compared image by image
         sweep.main(["--configfile", str(tmp_path / "c.yaml"), "--dataset", "val", "--model", "m",
