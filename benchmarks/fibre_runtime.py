@@ -9,7 +9,9 @@ the VGG16 multi-decoder network (``vgg16_mdn``) and by the U-Net at the same siz
 (models alternate for every size, so drifting machine load hits both alike). ``--scale area`` takes 1…9× the
 base *area* instead and ``--mode tiled`` the workflow's tiled inference (``predict_tiled``: Gaussian-blended
 overlapping tiles, batched), which is what bounds memory on real slides. Full widths on CUDA (VGG16: base
-width 64; U-Net: Ronneberger's 64 / depth 4); on CPU, --small (default there) uses 16-wide versions. The
+width 64; U-Net: Ronneberger's 64 / depth 4); on CPU, --small (default there) uses 16-wide versions. Both run in
+the workflow's inference arithmetic (``--precision auto``: bf16 autocast where the device has it, channels_last
+where it is faster, as ``predict`` does); ``--precision fp32`` measures fp32. The
 crops come from one large synthetic muscle section. Prints a table, fits time = a + b · pixels (near-linear
 is expected), and writes ``benchmarks/results/fibre_runtime[_area][_tiled][_cpu].json`` and a plot beside it.
 """
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow"))
 
 from _bench import best_time, device_name  # noqa: E402
 
-from histoflow.device import prepare_model, resolve_device  # noqa: E402
+from histoflow.device import autocast, prepare_model, resolve_device, resolve_precision, use_channels_last  # noqa: E402
 from histoflow.models import build_model  # noqa: E402
 from histoflow.synthetic.fibres import FibreParams, make_fibre_image  # noqa: E402
 from histoflow.tiling import predict_tiled  # noqa: E402
@@ -54,12 +56,16 @@ def models(small: bool) -> dict[str, torch.nn.Module]:
 
 
 def time_one(model, x: torch.Tensor, device, tile: int, overlap: int, batch: int, repeats: int,
-             mode: str = "whole") -> float:
-    """Best wall-clock seconds of segmenting ``x (3, H, W)``: one forward of the whole image, or tiled."""
+             mode: str = "whole", precision: str = "auto") -> float:
+    """Best wall-clock seconds of segmenting ``x (3, H, W)``: one forward of the whole image, or tiled, in the
+    arithmetic ``precision`` means on ``device`` (:func:`histoflow.device.autocast`)."""
+    channels_last = use_channels_last(device, precision)
+
     def run():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, precision):
             if mode == "whole":
-                torch.sigmoid(model(x[None].to(device)))
+                xb = x[None].to(device)
+                torch.sigmoid(model(xb.to(memory_format=torch.channels_last) if channels_last else xb))
             else:
                 predict_tiled(lambda b: torch.sigmoid(model(b)), x, tile=tile, overlap=overlap, batch_size=batch,
                               device=device)
@@ -83,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mode", choices=["whole", "tiled"], default="whole",
                     help="one whole-image forward (the paper) or the workflow's tiled inference")
     ap.add_argument("--multiples", type=int, default=9)
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="auto: bf16 autocast where the device has it (as the workflow's predict)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
@@ -100,12 +108,14 @@ def main(argv: list[str] | None = None) -> None:
     rows_max, cols_max = max(r for r, _ in sizes), max(c for _, c in sizes)
     slide, _ = make_fibre_image(0, FibreParams(size=(rows_max * base, cols_max * base)))
     x_slide = torch.from_numpy(slide).permute(2, 0, 1).float().div_(255.0)
-    nets = {k: prepare_model(m, device).eval() for k, m in models(small).items()}
+    precision = resolve_precision(args.precision, device)
+    channels_last = use_channels_last(device, precision)
+    nets = {k: prepare_model(m, device, channels_last=channels_last).eval() for k, m in models(small).items()}
     params = {k: sum(p.numel() for p in m.parameters()) / 1e6 for k, m in nets.items()}
     # warm-up (cuDNN autotuning, allocator) on the base image
     for m in nets.values():
         time_one(m, x_slide[:, :base, :base], device, tile, overlap=args.overlap, batch=batch, repeats=1,
-                 mode=args.mode)
+                 mode=args.mode, precision=precision)
 
     results = []
     print(f"{'size':>5} {'pixels':>12} " + " ".join(f"{k + ' (s)':>14}" for k in nets) + f" {'ratio':>7}")
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         x = x_slide[:, : r * base, : c * base]
         row = {"multiple": k, "height": r * base, "width": c * base, "pixels": r * c * base * base}
         for name, m in nets.items():
-            row[f"{name}_s"] = time_one(m, x, device, tile, args.overlap, batch, repeats, args.mode)
+            row[f"{name}_s"] = time_one(m, x, device, tile, args.overlap, batch, repeats, args.mode, precision)
         row["ratio_mdn_vs_unet"] = row["vgg16_mdn_s"] / row["unet_s"]
         results.append(row)
         print(f"{k:>4}x {row['pixels']:>12,d} " + " ".join(f"{row[f'{n}_s']:>14.3f}" for n in nets)
@@ -137,12 +147,12 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(), "base": base, "scale": args.scale, "mode": args.mode,
         "tile": tile if args.mode == "tiled" else None, "overlap": args.overlap, "batch": batch,
         "models_m_params": params, "small_models": small, "repeats": repeats, "rows": results, "fits": fits,
-        "bf16_channels_last": cuda,
+        "precision": precision, "channels_last": channels_last,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     how = "whole image" if args.mode == "whole" else f"tile {tile}"
-    plot(results, fits, out.with_suffix(".png"), f"{name}, {how}, {args.scale} multiples of {base}²")
+    plot(results, fits, out.with_suffix(".png"), f"{name}, {precision}, {how}, {args.scale} multiples of {base}²")
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
