@@ -30,7 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow"))
 
 from _bench import best_time, device_name  # noqa: E402
 
-from histoflow.device import autocast, prepare_model, resolve_device, resolve_precision, use_channels_last  # noqa: E402
+from histoflow.device import (  # noqa: E402
+    autocast,
+    prepare_model,
+    resolve_device,
+    resolve_precision,
+    to_device,
+    use_channels_last,
+)
 from histoflow.models import build_model  # noqa: E402
 from histoflow.synthetic.fibres import FibreParams, make_fibre_image  # noqa: E402
 from histoflow.tiling import predict_tiled  # noqa: E402
@@ -56,16 +63,14 @@ def models(small: bool) -> dict[str, torch.nn.Module]:
 
 
 def time_one(model, x: torch.Tensor, device, tile: int, overlap: int, batch: int, repeats: int,
-             mode: str = "whole", precision: str = "auto") -> float:
+             mode: str = "whole", precision: str = "fp32", channels_last: bool = False) -> float:
     """Best wall-clock seconds of segmenting ``x (3, H, W)``: one forward of the whole image, or tiled, in the
-    arithmetic ``precision`` means on ``device`` (:func:`histoflow.device.autocast`)."""
-    channels_last = use_channels_last(device, precision)
-
+    arithmetic ``precision`` means on ``device`` (:func:`histoflow.device.autocast`), the whole image in the
+    model's memory format (``channels_last``)."""
     def run():
         with torch.inference_mode(), autocast(device, precision):
             if mode == "whole":
-                xb = x[None].to(device)
-                torch.sigmoid(model(xb.to(memory_format=torch.channels_last) if channels_last else xb))
+                torch.sigmoid(model(to_device(x[None], device, channels_last)))
             else:
                 predict_tiled(lambda b: torch.sigmoid(model(b)), x, tile=tile, overlap=overlap, batch_size=batch,
                               device=device)
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     # warm-up (cuDNN autotuning, allocator) on the base image
     for m in nets.values():
         time_one(m, x_slide[:, :base, :base], device, tile, overlap=args.overlap, batch=batch, repeats=1,
-                 mode=args.mode, precision=precision)
+                 mode=args.mode, precision=precision, channels_last=channels_last)
 
     results = []
     print(f"{'size':>5} {'pixels':>12} " + " ".join(f"{k + ' (s)':>14}" for k in nets) + f" {'ratio':>7}")
@@ -123,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         x = x_slide[:, : r * base, : c * base]
         row = {"multiple": k, "height": r * base, "width": c * base, "pixels": r * c * base * base}
         for name, m in nets.items():
-            row[f"{name}_s"] = time_one(m, x, device, tile, args.overlap, batch, repeats, args.mode, precision)
+            row[f"{name}_s"] = time_one(m, x, device, tile, args.overlap, batch, repeats, args.mode, precision,
+                                        channels_last)
         row["ratio_mdn_vs_unet"] = row["vgg16_mdn_s"] / row["unet_s"]
         results.append(row)
         print(f"{k:>4}x {row['pixels']:>12,d} " + " ".join(f"{row[f'{n}_s']:>14.3f}" for n in nets)
