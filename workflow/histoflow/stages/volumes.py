@@ -268,7 +268,7 @@ def voxel_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 #: Display names of the volume models in the ablation table.
-VOLUME_MODEL_NAMES = {"unet": "U-Net", "munet": "M-Unet"}
+VOLUME_MODEL_NAMES = {"unet": "U-Net", "munet": "M-Unet", "munet_joint": "M-Unet, branches trained jointly"}
 
 
 def ablation_methods(vmodels: list[str], predictions: list[PathLike], specs: list[PathLike], features_from: str,
