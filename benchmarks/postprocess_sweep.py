@@ -4,9 +4,10 @@
         [--model unet] [--threshold spec 0.3 0.4] [--min-size 100 300] [--max-hole ...] [--h ...]
         [--select object_f1_pooled] [--min-wins 0.5] [--out benchmarks/results/postprocess_<results>.json]
 
-The probability maps the workflow already predicted for ``--dataset`` are post-processed with every combination
-of the listed values (the run's own ``postprocess:`` block for what is not listed; ``spec`` is the threshold chosen
-on the validation patches at training) and scored by the workflow's evaluation. The dataset must be validation
+The probability maps the workflow already predicted for ``--dataset`` are post-processed with every combination of
+the listed values (the run's own ``postprocess:`` block for what is not listed; ``spec`` is the cut a null threshold
+means: the one chosen on the validation patches at training, or for an instance model (Mask R-CNN, US-Net) the merge
+rule's 0.9 on the sum of its kept masks) and scored by the workflow's evaluation. The dataset must be validation
 images: every one of its images must be among those the patch split held out of training (``split_stems`` of each
 training dataset with the run's ``seed`` and ``patches.val_fraction``), so nothing here can be chosen on a test
 split or on images the model was trained on. Prints a table with the best setting by ``--select``: one figure (the
@@ -40,6 +41,7 @@ from _bench import OBJECT_FIGURES, dataset_entry, merged_config, score  # noqa: 
 
 from histoflow.datasets import Dataset, resolve_datasets, split_stems  # noqa: E402
 from histoflow.io import InputError, read_json, write_json  # noqa: E402
+from histoflow.postprocess import default_threshold  # noqa: E402
 
 LOWER_IS_BETTER = {"object_hausdorff_pooled"}
 PER_IMAGE = {"aji_mean": "aji", "pq_mean": "pq", "pixel_f1_mean": "pixel_f1"}
@@ -128,7 +130,7 @@ def run(config: dict[str, Any], dataset: str, model: str, values: dict[str, list
         raise InputError(f"{pred}: no probability maps; predict them first, e.g. snakemake --configfile ... "
                          f"{results}/metrics/{model}/{dataset}_summary.json")
     spec_json = results / "models" / model / "spec.json"
-    spec_threshold = read_json(spec_json).get("threshold")
+    spec_threshold = default_threshold(read_json(spec_json))  # what a null threshold cuts at (0.9 for Mask R-CNN)
     rows = []
     for i, pp in enumerate(grid(dict(config["postprocess"]), values)):
         if pp.get("threshold") == "spec":
@@ -171,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", required=True, help="a dataset of validation images (held out of the patch split)")
     p.add_argument("--model", default=None, help="the model whose maps to post-process (default: the first)")
     p.add_argument("--threshold", nargs="*", type=parse_threshold, default=[],
-                   help="probability cuts; 'spec' = the one chosen on the validation patches at training")
+                   help="probability cuts; 'spec' = what a null threshold cuts at: the one chosen on the "
+                        "validation patches at training, or an instance model's merge rule (0.9)")
     p.add_argument("--min-size", nargs="*", type=int, default=[])
     p.add_argument("--max-hole", nargs="*", type=int, default=[])
     p.add_argument("--h", nargs="*", type=float, default=[], help="watershed marker heights")

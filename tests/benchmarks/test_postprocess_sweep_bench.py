@@ -69,6 +69,23 @@ def test_every_setting_is_scored_and_the_best_is_chosen(tmp_path, monkeypatch, c
     assert "best by object_f1_pooled" in capsys.readouterr().out
 
 
+def test_spec_of_an_instance_model_is_the_merge_rule_cut(tmp_path, monkeypatch):
+    cfg, _ = finished_run(tmp_path)
+    # a Mask R-CNN run: its maps are sums of kept masks, and a null threshold means the merge rule's 0.9
+    write_json(tmp_path / "res" / "models" / "m" / "spec.json",
+               {"arch": "mask_rcnn", "target": "instances", "instances": True, "score_threshold": 0.5})
+    cfg["models"]["m"]["arch"] = "mask_rcnn"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "sweep.json"
+    sweep.main(["--configfile", str(tmp_path / "c.yaml"), "--dataset", "val", "--model", "m",
+                "--threshold", "spec", "0.5", "--out", str(out)])
+    by = {r["setting"]["threshold"]: r for r in sweep.read_json(out)["rows"]}
+    # the squares' 0.7 is under the merge rule's 0.9, so nothing is found there; a 0.5 cut finds both squares
+    assert set(by) == {"spec (0.9)", 0.5}
+    assert by["spec (0.9)"]["object_f1_pooled"] == 0.0 and by[0.5]["object_f1_pooled"] == 1.0
+
+
 def test_best_is_the_lowest_hausdorff_and_the_highest_otherwise():
     rows = [{"setting": {"h": 1}, "object_f1_pooled": 0.8, "object_hausdorff_pooled": 50.0},
             {"setting": {"h": 2}, "object_f1_pooled": 0.9, "object_hausdorff_pooled": 60.0},
