@@ -204,6 +204,19 @@ def test_model_edit_reruns_only_that_model(tiny_run):
 
 
 @pytest.mark.slow
+def test_predict_edit_repredicts_without_retraining(tiny_run):
+    # inference settings are read by the predict rules only: the trained weights (both stages of f) are kept
+    def edit(c: dict) -> None:
+        c["models"]["b"]["predict"]["overlap"] = 8
+        c["models"]["f"]["predict"]["overlap"] = 8
+
+    jobs = _jobs_after_edit(tiny_run, edit)
+    assert {"predict[model=b, dataset=demo]", "predict[model=f, dataset=demo]"} <= jobs
+    assert not any(j.startswith(("train_model", "pretrain_model")) for j in jobs), jobs
+    assert "predict[model=a, dataset=demo]" not in jobs
+
+
+@pytest.mark.slow
 def test_turning_the_per_fibre_sweep_off_reruns_only_the_report(tiny_run):
     jobs = _jobs_after_edit(tiny_run, lambda c: c.setdefault("evaluate", {}).update(per_fibre=False))
     assert jobs == {"report", "all"}  # the sweeps are no longer the report's inputs; nothing else changes

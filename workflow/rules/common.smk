@@ -136,6 +136,13 @@ def train_inputs(wildcards):
     return inputs
 
 
+def training_config(block):
+    """What training a model depends on: its config block without `predict`, which only the predict rules read,
+    so editing a tile size or a detection score threshold re-predicts with the trained weights instead of
+    retraining them."""
+    return {k: v for k, v in block.items() if k != "predict"}
+
+
 def stage1_config(model):
     """What stage 1 of a two-stage model depends on (not its stage-2 `train`/`predict` blocks)."""
     return {k: v for k, v in config["models"][model].items() if k not in ("train", "predict")}

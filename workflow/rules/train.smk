@@ -59,7 +59,7 @@ rule train_model:
             subcategory="{model}",
         ),
     params:
-        model=lambda wc: config["models"][wc.model],
+        model=lambda wc: training_config(config["models"][wc.model]),
         seed=config["seed"],
         stage="train",
     log:
@@ -88,7 +88,7 @@ rule train_volume_model:
         curves=f"{RESULTS}/volumes/{{volume}}/models/{{vmodel}}/curves.png",
         augmented=f"{RESULTS}/volumes/{{volume}}/models/{{vmodel}}/augmented.png",
     params:
-        model=lambda wc: config["volume_models"][wc.vmodel],
+        model=lambda wc: training_config(config["volume_models"][wc.vmodel]),
         seed=config["seed"],
     log:
         f"{RESULTS}/logs/train_volume_model/{{volume}}/{{vmodel}}.log",
